@@ -1,0 +1,67 @@
+"""KFP components: canary traffic split with analysis, and rollback on failure."""
+
+from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
+
+from components.common.images import RUNNER_IMAGE
+
+
+@dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
+def run_canary(
+    vertex_endpoint: Input[VertexEndpoint],
+    vertex_model: Input[VertexModel],
+    eval_data: Input[Dataset],
+    deployed_model_id: str,
+    deployment: dict,
+    canary: dict,
+    run_id: str,
+    metrics: Output[Metrics],
+    table: Output[Markdown],
+    report: Output[Artifact],
+) -> None:
+    """Shifts traffic to the new version step by step, analysing Cloud Monitoring metrics at each step.
+
+    A smoke test first sends sample requests to the new deployed model directly. At each step
+    (default 10, 25, 50, 100 percent) error rate and p99 latency of canary and baseline are
+    compared with absolute limits and with each other; no data is not a pass. Passing every
+    step promotes the version (alias 'production'); failing rolls traffic back to the serving model.
+
+    Args:
+        vertex_endpoint: The endpoint.
+        vertex_model: The new model version.
+        eval_data: Samples for the smoke test.
+        deployed_model_id: The new deployed model's id.
+        deployment: The deployment section.
+        canary: The canary section (steps, interval, thresholds, failure limit, grace period).
+        run_id: This pipeline run's id (the rollout lease holder).
+        metrics: Each step's figures and the decision.
+        table: The step table.
+        report: This stage's JSON report.
+    """
+    from components.canary import stage
+
+    stage.run(
+        vertex_endpoint, vertex_model, eval_data, deployed_model_id, deployment, canary, run_id,
+        metrics, table, report,
+    )
+
+
+@dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
+def rollback_on_failure(
+    status: dsl.PipelineTaskFinalStatus,
+    deployment: dict,
+    run_id: str,
+    report: Output[Artifact],
+) -> None:
+    """Exit handler: when the run failed after its rollout took traffic, returns traffic to the serving model.
+
+    Args:
+        status: The pipeline's final status.
+        deployment: The deployment section.
+        run_id: This pipeline run's id; only a rollout this run holds is rolled back.
+        report: What was done.
+    """
+    from components.canary import stage
+
+    stage.run_rollback(status, deployment, run_id, report)

@@ -1,0 +1,1 @@
+"""Shared building blocks: errors, the run configuration, tensor signatures, data intake."""

@@ -1,0 +1,403 @@
+"""The one validated configuration model of a vxdeploy run.
+
+A run is described by :class:`RunConfig`, loaded from YAML (``--config run.yaml``) or
+built in code. Each section maps onto one pipeline parameter of the same name
+(:meth:`RunConfig.to_pipeline_parameters`), and each component re-validates the section it
+receives, so a bad value fails with the field named wherever it enters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.common.errors import ConfigError
+
+CandidateKind = Literal[
+    "onnxruntime_fp32",
+    "onnxruntime_int8",
+    "tensorrt_fp32",
+    "tensorrt_fp16",
+    "tensorrt_int8",
+    "aoti",
+]
+CALIBRATION_METHODS = ("entropy", "max", "percentile")
+GPU_ACCELERATORS = (
+    "NVIDIA_TESLA_T4",
+    "NVIDIA_L4",
+    "NVIDIA_TESLA_V100",
+    "NVIDIA_TESLA_A100",
+    "NVIDIA_A100_80GB",
+    "NVIDIA_H100_80GB",
+    "NVIDIA_H100_MEGA_80GB",
+    "NVIDIA_H200_141GB",
+)
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TensorOverride(_Section):
+    """An input's signature, for models whose file does not carry one (TorchScript)."""
+
+    name: str
+    dtype: str = "float32"
+    shape: list[int | str] = Field(description="Dims; a string (e.g. 'batch') marks a dynamic dim.")
+
+
+class ModelPartConfig(_Section):
+    """One part of a multi-part model (e.g. a vision encoder and a text head)."""
+
+    name: str = Field(description="Triton model name of this part.")
+    uri: str = Field(description="Path or gs:// URI of this part's .pt2, TorchScript or ONNX file.")
+    inputs: list[TensorOverride] | None = None
+    output_names: list[str] | None = None
+
+
+class ModelConfig(_Section):
+    """Where the trained model comes from and what it is called."""
+
+    uri: str = Field(
+        default="builtin://digits-cnn",
+        description=(
+            "The trained model: a torch.export .pt2, TorchScript .pt or .onnx file (local path or "
+            "gs:// URI), a Vertex Model Registry version ('projects/P/locations/L/models/M@alias'), "
+            "or 'builtin://digits-cnn' for the embedded default."
+        ),
+    )
+    format: Literal["auto", "torch_export", "torchscript", "onnx"] = "auto"
+    name: str = Field(default="model", description="Model name in Triton and in Vertex AI.")
+    inputs: list[TensorOverride] | None = Field(
+        default=None, description="Input signature; required for TorchScript, read from the file otherwise."
+    )
+    output_names: list[str] | None = None
+    task: Literal["classification", "regression", "embedding", "other"] = "classification"
+    parts: list[ModelPartConfig] = Field(
+        default_factory=list, description="Parts of a multi-part model, served behind one ensemble."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use letters, digits, '_', '.', '-' (at most 63), starting with a letter or digit")
+        return v
+
+
+class DataConfig(_Section):
+    """Calibration and evaluation data: .npz files with one array per model input name."""
+
+    calibration_uri: str = Field(
+        default="builtin://digits-calibration",
+        description=".npz with one array per input (first axis = samples) for INT8 calibration.",
+    )
+    eval_uri: str = Field(
+        default="builtin://digits-eval",
+        description=".npz with one array per input, plus optional 'labels', held out from calibration.",
+    )
+    labels_key: str = "labels"
+    min_calibration_samples: int = Field(default=64, ge=1)
+    warn_calibration_samples: int = Field(default=500, ge=1)
+    max_calibration_samples: int = Field(default=1024, ge=1)
+
+
+class ExportConfig(_Section):
+    """ONNX export and its parity check against PyTorch."""
+
+    opset: int = Field(default=19, ge=17, le=23, description="ONNX opset; ModelOpt INT8 needs >= 19.")
+    constant_folding: bool = True
+    atol: float = Field(default=1e-4, gt=0)
+    rtol: float = Field(default=1e-3, gt=0)
+    min_cosine: float = Field(default=0.9999, gt=0, le=1)
+    parity_samples: int = Field(default=64, ge=1)
+
+
+class QuantizationConfig(_Section):
+    """Explicit Q/DQ INT8 post-training quantization and its accuracy gate."""
+
+    enabled: bool = True
+    backend: Literal["auto", "onnxruntime", "modelopt"] = Field(
+        default="auto", description="'auto': ModelOpt where it is installed, else ONNX Runtime."
+    )
+    method: Literal["entropy", "max", "percentile"] = "entropy"
+    percentile: float = Field(default=99.999, gt=90, le=100)
+    num_bins: int = Field(default=2048, ge=128)
+    per_channel: bool = True
+    reduce_range: bool = Field(
+        default=True, description="7-bit weights: avoids saturation on CPUs without VNNI."
+    )
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    max_excluded_layers: int = Field(default=8, ge=0)
+
+
+class BuildProfile(_Section):
+    """Min / opt / max of a dynamic dimension, for TensorRT optimization profiles."""
+
+    min: int = Field(default=1, ge=1)
+    opt: int = Field(default=8, ge=1)
+    max: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BuildProfile:
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"needs min <= opt <= max, got {self.min}, {self.opt}, {self.max}")
+        return self
+
+
+class CompilationConfig(_Section):
+    """Which serving candidates to build and how."""
+
+    candidates: list[CandidateKind] = Field(
+        default_factory=lambda: [
+            "onnxruntime_fp32",
+            "onnxruntime_int8",
+            "aoti",
+            "tensorrt_fp16",
+            "tensorrt_int8",
+        ]
+    )
+    batch_profile: BuildProfile = Field(default_factory=BuildProfile)
+    dim_profiles: dict[str, BuildProfile] = Field(
+        default_factory=dict, description="Profiles of other dynamic dims, by symbol name."
+    )
+    timing_cache_uri: str = Field(
+        default="", description="Where the TensorRT timing cache persists between runs ('' = beside artifacts)."
+    )
+    workspace_gib: float = Field(default=4.0, gt=0)
+    aoti_max_autotune: bool = False
+
+
+class SelectionConfig(_Section):
+    """How candidates are measured and which one wins."""
+
+    policy: Literal["max_throughput", "min_latency", "max_throughput_within_latency_budget"] = (
+        "max_throughput"
+    )
+    accuracy_budget: float = Field(
+        default=0.5,
+        ge=0,
+        le=100,
+        description="Largest drop allowed vs FP32, in percentage points (of task accuracy, or top-1 agreement).",
+    )
+    min_cosine: float = Field(default=0.99, gt=0, le=1)
+    latency_budget_ms: float | None = Field(default=None, gt=0)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    warmup_iterations: int = Field(default=5, ge=0)
+    min_iterations: int = Field(default=20, ge=3)
+    min_seconds: float = Field(default=0.5, ge=0)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v):
+            raise ValueError("give one or more batch sizes, each >= 1")
+        return sorted(set(v))
+
+
+class DynamicBatchingConfig(_Section):
+    enabled: bool = True
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [8, 32])
+    max_queue_delay_microseconds: int = Field(default=2000, ge=0)
+
+
+class TritonConfig(_Section):
+    """Triton model repository options."""
+
+    max_batch_size: int = Field(default=32, ge=0)
+    dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)
+    instance_count: int = Field(default=1, ge=1)
+    instance_kind: Literal["auto", "KIND_GPU", "KIND_CPU"] = "auto"
+    warmup: bool = True
+    version_policy: Literal["latest", "all"] = "latest"
+    response_cache: bool = False
+    serving_image: str = Field(
+        default="us-docker.pkg.dev/vertex-ai/prediction/tritonserver:24.09-py3",
+        description="Vertex AI Triton serving image.",
+    )
+    shared_memory_mb: int = Field(default=1024, ge=64)
+    serve_check: bool = Field(default=True, description="Serve the repository with a real Triton before deploying.")
+
+
+class DeploymentConfig(_Section):
+    """Vertex AI model upload and endpoint deployment."""
+
+    enabled: bool = Field(default=False, description="Deploy to Vertex AI (needs project and location).")
+    project: str = ""
+    location: str = "us-central1"
+    api_endpoint: str = Field(default="", description="Override the Vertex AI API endpoint (tests, VPC-SC).")
+    staging_bucket: str = Field(default="", description="gs:// prefix where the Triton repository is uploaded.")
+    endpoint: str = Field(default="vxdeploy-endpoint", description="Endpoint display name or numeric id.")
+    parent_model: str = Field(default="", description="Existing model resource to add a version to.")
+    machine_type: str = "g2-standard-8"
+    accelerator_type: str = Field(default="NVIDIA_L4", description="Serving GPU; '' for CPU serving.")
+    accelerator_count: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    gpu_duty_cycle_target: int = Field(default=60, ge=1, le=100)
+    cpu_utilization_target: int = Field(default=60, ge=1, le=100)
+    spot: bool = False
+    accept_spot_preemption: bool = False
+    network: str = Field(default="", description="VPC network for a peered private endpoint.")
+    private_service_connect_projects: list[str] = Field(default_factory=list)
+    service_account: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> DeploymentConfig:
+        if self.enabled and not self.project:
+            raise ValueError("deployment.enabled needs deployment.project")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        if self.accelerator_type and self.accelerator_type not in GPU_ACCELERATORS:
+            raise ValueError(
+                f"accelerator_type {self.accelerator_type!r} is not one of {', '.join(GPU_ACCELERATORS)} (or '')"
+            )
+        if self.spot and not self.accept_spot_preemption:
+            raise ValueError("spot=true can lose every replica at once: set accept_spot_preemption=true to accept it")
+        return self
+
+
+class CanaryConfig(_Section):
+    """Progressive traffic shift with metric analysis."""
+
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100])
+    interval_s: float = Field(default=300, ge=0)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_p99_latency_ms: float = Field(default=500, gt=0)
+    max_error_rate_increase: float = Field(default=0.005, ge=0)
+    max_latency_ratio: float = Field(default=1.5, gt=0)
+    failure_limit: int = Field(default=1, ge=0)
+    min_requests: int = Field(default=1, ge=0, description="Fewer requests than this in a window is 'no data'.")
+    smoke_requests: int = Field(default=4, ge=0)
+    undeploy_grace_s: float | None = Field(default=None, ge=0, description="None keeps the old model deployed.")
+    lease_ttl_s: float = Field(default=7200, gt=0)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if not v or v[-1] != 100 or any(b <= a for a, b in zip(v, v[1:], strict=False)) or v[0] <= 0:
+            raise ValueError("give increasing percentages in (0, 100], ending at 100, e.g. [10, 25, 50, 100]")
+        return v
+
+
+class MonitoringConfig(_Section):
+    """Cloud Monitoring alert policies, notification channel and dashboard."""
+
+    enabled: bool = True
+    p99_latency_ms: float = Field(default=500, gt=0)
+    error_rate: float = Field(default=0.01, ge=0, le=1)
+    gpu_duty_cycle: float = Field(default=90, gt=0, le=100)
+    notification_channels: list[str] = Field(default_factory=list)
+    notification_emails: list[str] = Field(default_factory=list)
+    dashboard: bool = True
+    monitoring_endpoint: str = Field(default="", description="Override the Cloud Monitoring API endpoint.")
+
+
+class ServiceLevelConfig(_Section):
+    """Latency and cost targets the selected candidate must meet."""
+
+    p50_latency_ms: float | None = Field(default=None, gt=0)
+    p95_latency_ms: float | None = Field(default=None, gt=0)
+    requests_per_second: float = Field(default=50, gt=0, description="Target load per deployment.")
+    max_cost_per_hour: float | None = Field(default=None, gt=0)
+    price_overrides: dict[str, float] = Field(default_factory=dict)
+
+
+_Sec = TypeVar("_Sec", bound=BaseModel)
+
+SECTIONS: tuple[str, ...] = (
+    "model",
+    "data",
+    "export",
+    "quantization",
+    "compilation",
+    "selection",
+    "triton",
+    "deployment",
+    "canary",
+    "monitoring",
+    "service_levels",
+)
+
+
+class RunConfig(_Section):
+    """Everything one vxdeploy run needs. Every field has a default that runs offline."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    compilation: CompilationConfig = Field(default_factory=CompilationConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    triton: TritonConfig = Field(default_factory=TritonConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    canary: CanaryConfig = Field(default_factory=CanaryConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    service_levels: ServiceLevelConfig = Field(default_factory=ServiceLevelConfig)
+
+    def to_pipeline_parameters(self) -> dict[str, dict[str, Any]]:
+        """One pipeline parameter per section, as JSON-ready dicts."""
+        return {name: getattr(self, name).model_dump(mode="json", exclude_none=True) for name in SECTIONS}
+
+
+def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "config"
+        value = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; check the spelling against docs/configuration.md"
+        elif err["type"] == "literal_error":
+            msg = f"allowed values: {err.get('ctx', {}).get('expected', '')}"
+        lines.append(f"{field}={value!r}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_section(cls: type[_Sec], data: Mapping[str, Any] | None, section: str) -> _Sec:
+    """Validate one section (as a component receives it), naming the field on error."""
+    try:
+        return cls.model_validate(dict(data or {}))
+    except ValidationError as exc:
+        raise ConfigError(section, None, _format_validation_error(exc, f"{section}.")) from None
+
+
+def parse_config(data: Mapping[str, Any] | None) -> RunConfig:
+    """Validate a whole configuration mapping."""
+    try:
+        return RunConfig.model_validate(dict(data or {}))
+    except ValidationError as exc:
+        message = _format_validation_error(exc)
+        err = ConfigError("config", None, message)
+        err.args = (message,)
+        raise err from None
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults), then apply dotted ``overrides`` like ``{'model.uri': ...}``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("--config", str(path), "no such file; pass the path of a YAML run config")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", str(path), f"not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("--config", str(path), "the top level must be a mapping of sections")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_config(data)

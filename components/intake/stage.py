@@ -1,0 +1,60 @@
+"""Intake stage: artifacts in and out around :func:`components.intake.intake.intake`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from components.common.config import DataConfig, DeploymentConfig, ModelConfig, parse_section
+from components.common.stage import StageReport, timed
+from components.intake.intake import intake, store_model
+
+
+class IntakeOutputs(NamedTuple):
+    deploy: bool
+
+
+def run(
+    model: dict[str, Any],
+    data: dict[str, Any],
+    deployment: dict[str, Any],
+    source_model: Any,
+    calibration_data: Any,
+    eval_data: Any,
+    report: Any,
+) -> IntakeOutputs:
+    model_cfg = parse_section(ModelConfig, model, "model")
+    data_cfg = parse_section(DataConfig, data, "data")
+    deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
+    rep = StageReport("intake")
+    with timed(rep), tempfile.TemporaryDirectory() as tmp:
+        result = intake(model_cfg, data_cfg, tmp)
+        Path(source_model.path).mkdir(parents=True, exist_ok=True)
+        stored = store_model(result, source_model.path)
+        result.calibration.save(calibration_data.path)
+        result.evaluation.save(eval_data.path)
+    source_model.metadata.update(
+        {
+            "format": result.model_format,
+            "file": stored.name,
+            "signature": result.signature.to_dict(),
+            "sha256": result.sha256,
+            "uri": model_cfg.uri,
+            "name": model_cfg.name,
+        }
+    )
+    calibration_data.metadata["samples"] = len(result.calibration)
+    eval_data.metadata["samples"] = len(result.evaluation)
+    eval_data.metadata["labelled"] = result.evaluation.labels is not None
+    rep.summary = {
+        "model_uri": model_cfg.uri,
+        "format": result.model_format,
+        "sha256": result.sha256,
+        "calibration_samples": len(result.calibration),
+        "eval_samples": len(result.evaluation),
+        "deploy": deploy_cfg.enabled,
+    }
+    rep.details = {"signature": result.signature.to_dict()}
+    rep.write(report.path)
+    return IntakeOutputs(deploy=deploy_cfg.enabled)

@@ -1,0 +1,57 @@
+"""KFP components: Triton model repository packaging and a real serve check."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.common.images import RUNNER_IMAGE, SERVING_IMAGE
+
+
+@dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
+def package_triton_repository(
+    selected_model: Input[Model],
+    model: dict,
+    triton: dict,
+    deployment: dict,
+    triton_repository: Output[Model],
+    report: Output[Artifact],
+) -> None:
+    """Writes a Triton model repository for the selected candidate, config.pbtxt built through Triton's protobuf.
+
+    Args:
+        selected_model: The selected candidate.
+        model: The model section (name, parts).
+        triton: The Triton section (batching, instances, warm-up, cache).
+        deployment: The deployment section (accelerator decides instance kind).
+        triton_repository: The repository with a sha256 manifest; metadata carries the serving container spec.
+        report: This stage's JSON report.
+    """
+    from components.package import stage
+
+    stage.run_package(selected_model, model, triton, deployment, triton_repository, report)
+
+
+@dsl.component(base_image=SERVING_IMAGE, install_kfp_package=False)
+def serve_check(
+    triton_repository: Input[Model],
+    source_model: Input[Model],
+    eval_data: Input[Dataset],
+    triton: dict,
+    metrics: Output[Metrics],
+    report: Output[Artifact],
+) -> None:
+    """Serves the repository with a real Triton server and compares its answers with PyTorch.
+
+    Sends concurrent requests through tritonclient and reads Triton's statistics to show that
+    dynamic batching batches (fewer executions than requests).
+
+    Args:
+        triton_repository: The packaged repository.
+        source_model: The PyTorch reference.
+        eval_data: Samples to send.
+        triton: The Triton section (serve_check switch).
+        metrics: Requests, executions, p50/p99 latency, max abs diff.
+        report: This stage's JSON report.
+    """
+    from components.package import stage
+
+    stage.run_serve_check(triton_repository, source_model, eval_data, triton, metrics, report)

@@ -1,0 +1,47 @@
+"""KFP component: measure every candidate the same way and select the best within budget."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.common.images import OPTIMIZER_IMAGE
+
+
+@dsl.component(base_image=OPTIMIZER_IMAGE, install_kfp_package=False)
+def select_candidate(
+    candidates: Input[Artifact],
+    source_model: Input[Model],
+    eval_data: Input[Dataset],
+    selection: dict,
+    service_levels: dict,
+    deployment: dict,
+    selected_model: Output[Model],
+    benchmark: Output[Artifact],
+    metrics: Output[Metrics],
+    table: Output[Markdown],
+    report: Output[Artifact],
+) -> None:
+    """Measures accuracy and latency of every candidate and picks the winner by the selection policy.
+
+    Accuracy is measured against the FP32 PyTorch reference on the evaluation data; latency
+    (p50/p90/p99) and throughput at each configured batch size after warm-up. Candidates over
+    the accuracy budget or missing a service-level target are rejected with the reason.
+
+    Args:
+        candidates: The candidates directory from compilation.
+        source_model: The PyTorch model, the FP32 reference.
+        eval_data: Held-out samples and labels.
+        selection: The selection section (policy, accuracy budget, batch sizes, iterations).
+        service_levels: Latency and cost targets.
+        deployment: The deployment section (machine and accelerator, for the cost table).
+        selected_model: The winning candidate's files; metadata: kind, precision, figures.
+        benchmark: Every candidate's figures as JSON.
+        metrics: The selected candidate's headline figures.
+        table: The comparison table with the decision and its reason.
+        report: This stage's JSON report.
+    """
+    from components.select import stage
+
+    stage.run(
+        candidates, source_model, eval_data, selection, service_levels, deployment,
+        selected_model, benchmark, metrics, table, report,
+    )
