@@ -7,6 +7,7 @@ and its accuracy on held-out digits is real.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ EVAL = "digits-eval"
 _SEED = 0
 _N_EVAL = 500
 _N_CALIBRATION = 512
+_CACHE_VERSION = 1  # bump when the model, its training or the splits change
 
 
 def is_builtin(uri: str) -> bool:
@@ -82,14 +84,34 @@ def train_digits_cnn(epochs: int = 12) -> tuple[object, float]:
     return model, acc
 
 
+def cache_dir() -> Path:
+    """Where built-in artifacts are kept between runs (``VXDEPLOY_CACHE``, else ``~/.cache/vxdeploy``)."""
+    import torch
+
+    root = Path(os.environ.get("VXDEPLOY_CACHE") or Path.home() / ".cache" / "vxdeploy")
+    return root / f"builtin-v{_CACHE_VERSION}-torch{torch.__version__}"
+
+
 def write_builtin(uri: str, dest_dir: str | Path) -> Path:
-    """Materialize a ``builtin://`` model or dataset into ``dest_dir`` and return its path."""
+    """Materialize a ``builtin://`` model or dataset into ``dest_dir`` and return its path.
+
+    Training is deterministic, so the result is cached and copied on later calls.
+    """
+    from components.common.uris import copy_atomic
+
+    cached = _build_builtin(uri, cache_dir())
+    return copy_atomic(cached, Path(dest_dir) / cached.name)
+
+
+def _build_builtin(uri: str, dest: Path) -> Path:
     import torch
 
     from components.common.data import Dataset
 
     name = uri.removeprefix(BUILTIN_PREFIX)
-    dest = Path(dest_dir)
+    known = {MODEL: "digits_cnn.pt2", CALIBRATION: "digits_calibration.npz", EVAL: "digits_eval.npz"}
+    if name in known and (dest / known[name]).is_file():
+        return dest / known[name]
     dest.mkdir(parents=True, exist_ok=True)
     x_train, _, x_eval, y_eval = _split()
     if name == MODEL:

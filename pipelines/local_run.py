@@ -1,0 +1,158 @@
+"""Run the pipeline on this machine with ``kfp.local`` and write the run's report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common.config import RunConfig
+from components.common.errors import VxdeployError
+from components.intake.intake import intake
+from pipelines.report import build_report, find_run_root, load_stage_reports, write_reports
+
+
+@dataclass(frozen=True)
+class LocalRunResult:
+    workdir: Path
+    report: dict[str, Any]
+    report_json: Path
+    report_md: Path
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.report["status"] == "succeeded")
+
+
+def default_workdir(base: str | Path = "vxdeploy-runs") -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return Path(base) / stamp
+
+
+def preflight(config: RunConfig) -> None:
+    """Check the model and data in-process before starting any task (fast, clear errors)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        intake(config.model, config.data, tmp)
+
+
+def run_local(
+    config: RunConfig,
+    workdir: str | Path,
+    *,
+    log: Callable[[str], None] = print,
+    skip_preflight: bool = False,
+) -> LocalRunResult:
+    """Run the whole pipeline under ``kfp.local`` (SubprocessRunner) with outputs under ``workdir``.
+
+    The returned report carries every stage's status and figures; a failed stage makes the
+    status ``failed`` with the error, never an exception, so the report is always written.
+    """
+    from kfp import local
+
+    from pipelines.optimize_and_deploy import optimize_and_deploy
+
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if not skip_preflight:
+        preflight(config)
+    pipeline_root = work / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    # Components import this package in a subprocess: make sure it resolves to this interpreter.
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    start = time.perf_counter()
+    status, error = "succeeded", ""
+    try:
+        optimize_and_deploy(**config.to_pipeline_parameters())
+    except (RuntimeError, VxdeployError) as exc:
+        status, error = "failed", _first_line(str(exc))
+    wall = time.perf_counter() - start
+    run_root = find_run_root(pipeline_root)
+    reports = load_stage_reports(run_root) if run_root else {}
+    run_id = run_root.name if run_root else work.name
+    report = build_report(
+        reports,
+        run_id=run_id,
+        config=config.model_dump(mode="json"),
+        run_root=run_root,
+        status=status,
+        error=error,
+        wall_s=wall,
+    )
+    json_path, md_path = write_reports(report, work)
+    return LocalRunResult(work, report, json_path, md_path)
+
+
+def _first_line(text: str) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The end-of-run table printed to the terminal."""
+    rows = [("stage", "status", "seconds", "headline")]
+    for s in report["stages"]:
+        if s["status"] == "not run" and s["stage"] in ("rollback",):
+            continue
+        rows.append(
+            (
+                s["stage"],
+                s["status"],
+                "" if s["duration_s"] is None else f"{s['duration_s']:.1f}",
+                _headline(s) or s.get("reason", ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(r[j].ljust(widths[j]) for j in range(3)) + "  " + r[3])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 8)
+    return "\n".join(lines)
+
+
+_HEADLINE_KEYS = (
+    "format",
+    "max_abs_diff",
+    "cosine",
+    "fp32_accuracy",
+    "int8_accuracy",
+    "built",
+    "skipped",
+    "selected",
+    "throughput_rps",
+    "repository_path",
+    "requests",
+    "executions",
+    "p99_ms",
+    "decision",
+    "endpoint",
+)
+
+
+def _headline(stage: dict[str, Any]) -> str:
+    summ = stage.get("summary") or {}
+    parts = []
+    for key in _HEADLINE_KEYS:
+        if key in summ and not isinstance(summ[key], (dict, list)):
+            v = summ[key]
+            parts.append(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
+    return ", ".join(parts[:5])
+
+
+def print_result(result: LocalRunResult, out: Any = sys.stdout) -> None:
+    print("", file=out)
+    print(summary_table(result.report), file=out)
+    print("", file=out)
+    if result.report.get("selected"):
+        print(f"selected: {result.report['selected']} ({result.report.get('selection_reason', '')})", file=out)
+    if not result.succeeded:
+        print(f"FAILED: {result.report['error']}", file=out)
+    print(f"report: {result.report_json}  {result.report_md}", file=out)
+    print(f"wall time: {result.report['wall_s']:.1f} s", file=out)
