@@ -69,7 +69,7 @@ def run_local(
     start = time.perf_counter()
     status, error = "succeeded", ""
     try:
-        optimize_and_deploy(**config.to_pipeline_parameters())
+        optimize_and_deploy(**config.to_pipeline_parameters(build_on_accelerator=False))
     except (RuntimeError, VxdeployError) as exc:
         status, error = "failed", _first_line(str(exc))
     wall = time.perf_counter() - start

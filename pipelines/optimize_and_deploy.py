@@ -34,6 +34,8 @@ def optimize_and_deploy(
     canary: dict = _DEFAULTS["canary"],
     monitoring: dict = _DEFAULTS["monitoring"],
     service_levels: dict = _DEFAULTS["service_levels"],
+    build_accelerator_type: str = _DEFAULTS["build_accelerator_type"],
+    build_accelerator_count: int = _DEFAULTS["build_accelerator_count"],
 ) -> None:
     """Takes a trained PyTorch model to a fast, safe, monitored Triton deployment on Vertex AI.
 
@@ -49,6 +51,8 @@ def optimize_and_deploy(
         canary: Traffic steps (default 10, 25, 50, 100), interval, error and latency limits, failure limit, grace period.
         monitoring: Alert thresholds, notification channels or e-mails, dashboard.
         service_levels: p50/p95 latency targets at a request rate, and a cost ceiling.
+        build_accelerator_type: GPU that compiles and measures candidates; set it to the serving GPU (deployment.accelerator_type), since a TensorRT engine only serves on the GPU type it was built on. Empty builds on CPU.
+        build_accelerator_count: GPUs for the build tasks (1 with a build accelerator, 0 without).
     """
     run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
     exit_task = rollback_on_failure(deployment=deployment, run_id=run_id)
@@ -80,6 +84,7 @@ def optimize_and_deploy(
             qdq_model=calibrated.outputs["qdq_model"],
             compilation=compilation,
         ).set_display_name("Compile candidates")
+        compiled.set_accelerator_type(build_accelerator_type).set_accelerator_limit(build_accelerator_count)
 
         selected = select_candidate(
             candidates=compiled.outputs["candidates"],
@@ -89,6 +94,7 @@ def optimize_and_deploy(
             service_levels=service_levels,
             deployment=deployment,
         ).set_display_name("Validate and select")
+        selected.set_accelerator_type(build_accelerator_type).set_accelerator_limit(build_accelerator_count)
 
         packaged = package_triton_repository(
             selected_model=selected.outputs["selected_model"],

@@ -341,9 +341,20 @@ class RunConfig(_Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     service_levels: ServiceLevelConfig = Field(default_factory=ServiceLevelConfig)
 
-    def to_pipeline_parameters(self) -> dict[str, dict[str, Any]]:
-        """One pipeline parameter per section, as JSON-ready dicts."""
-        return {name: getattr(self, name).model_dump(mode="json", exclude_none=True) for name in SECTIONS}
+    def to_pipeline_parameters(self, *, build_on_accelerator: bool = True) -> dict[str, Any]:
+        """One pipeline parameter per section (JSON-ready dicts), plus the build accelerator.
+
+        Compilation and measurement run on the serving accelerator (an engine only serves on
+        the GPU type it was built on); ``build_on_accelerator=False`` builds on the CPU the
+        task lands on, as a local run does.
+        """
+        params: dict[str, Any] = {
+            name: getattr(self, name).model_dump(mode="json", exclude_none=True) for name in SECTIONS
+        }
+        gpu = self.deployment.accelerator_type if build_on_accelerator else ""
+        params["build_accelerator_type"] = gpu
+        params["build_accelerator_count"] = 1 if gpu else 0
+        return params
 
 
 def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:

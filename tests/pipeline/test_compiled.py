@@ -24,7 +24,7 @@ def test_every_pipeline_parameter_has_a_description_and_a_default() -> None:
     spec = yaml.safe_load(compiled_text())
     params = spec["root"]["inputDefinitions"]["parameters"]
 
-    assert sorted(params) == sorted(SECTIONS)
+    assert sorted(params) == sorted([*SECTIONS, "build_accelerator_type", "build_accelerator_count"])
     for name, p in params.items():
         assert p.get("description"), f"parameter {name} has no description"
         assert "defaultValue" in p, f"parameter {name} has no default"
