@@ -28,13 +28,17 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
     for item in getattr(args, "set", None) or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise UserError(f"--set {item!r}: use section.field=value, e.g. --set selection.policy=min_latency")
+            raise UserError(
+                f"--set {item!r}: use section.field=value, e.g. --set selection.policy=min_latency"
+            )
         import yaml
 
         overrides[key.strip()] = yaml.safe_load(value)
     config = load_config(getattr(args, "config", None), overrides)
     if config.deployment.enabled and not config.deployment.project and getattr(args, "api_endpoint", None):
-        config = load_config(getattr(args, "config", None), {**overrides, "deployment.project": "vxdeploy-local"})
+        config = load_config(
+            getattr(args, "config", None), {**overrides, "deployment.project": "vxdeploy-local"}
+        )
     return config
 
 
@@ -48,8 +52,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if not args.local:
-        print("vxdeploy run executes on this machine and needs --local; use `vxdeploy submit` for Vertex AI.",
-              file=sys.stderr)
+        print(
+            "vxdeploy run executes on this machine and needs --local; use `vxdeploy submit` for Vertex AI.",
+            file=sys.stderr,
+        )
         return 2
     from pipelines.local_run import default_workdir, print_result, run_local
 
@@ -95,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     return parser
-
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -63,7 +63,9 @@ def run_local(
     if not skip_preflight:
         preflight(config)
     pipeline_root = work / "pipeline_root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True
+    )
     # Components import this package in a subprocess: make sure it resolves to this interpreter.
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     start = time.perf_counter()
@@ -151,7 +153,9 @@ def print_result(result: LocalRunResult, out: Any = sys.stdout) -> None:
     print(summary_table(result.report), file=out)
     print("", file=out)
     if result.report.get("selected"):
-        print(f"selected: {result.report['selected']} ({result.report.get('selection_reason', '')})", file=out)
+        print(
+            f"selected: {result.report['selected']} ({result.report.get('selection_reason', '')})", file=out
+        )
     if not result.succeeded:
         print(f"FAILED: {result.report['error']}", file=out)
     print(f"report: {result.report_json}  {result.report_md}", file=out)

@@ -3,7 +3,6 @@
 This module only wires components; each stage's logic lives in ``components/``.
 """
 
-
 from kfp import dsl
 
 from components.calibrate.component import calibrate_int8
@@ -21,7 +20,10 @@ PIPELINE_NAME = "vxdeploy-optimize-and-deploy"
 _DEFAULTS = RunConfig().to_pipeline_parameters()
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="Export, quantize, compile, select, package for Triton, deploy with a canary, monitor.")
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Export, quantize, compile, select, package for Triton, deploy with a canary, monitor.",
+)
 def optimize_and_deploy(
     model: dict = _DEFAULTS["model"],
     data: dict = _DEFAULTS["data"],
@@ -40,19 +42,28 @@ def optimize_and_deploy(
     """Takes a trained PyTorch model to a fast, safe, monitored Triton deployment on Vertex AI.
 
     Args:
-        model: The trained model: uri (.pt2, TorchScript, .onnx, Vertex Model Registry version, or builtin://digits-cnn), format, name, inputs, parts.
+        model: The trained model: uri (.pt2, TorchScript, .onnx, a Vertex Model Registry
+            version, or builtin://digits-cnn), format, name, inputs, parts.
         data: Calibration and evaluation data (.npz, one array per model input, optional labels).
         export: ONNX export: opset (>= 19), parity tolerances.
-        quantization: INT8 Q/DQ calibration: backend, method (entropy, max, percentile), per-channel, reduce_range.
-        compilation: Candidates to build (onnxruntime_fp32/int8, tensorrt_fp32/fp16/int8, aoti), batch profile, timing cache.
-        selection: Policy (max_throughput, min_latency, max_throughput_within_latency_budget), accuracy budget in points, batch sizes.
-        triton: Triton repository: max_batch_size, dynamic batching, instances, warm-up, response cache, serving image.
-        deployment: Vertex AI: enabled, project, location, endpoint, machine and accelerator, replicas, autoscaling, spot, network.
-        canary: Traffic steps (default 10, 25, 50, 100), interval, error and latency limits, failure limit, grace period.
+        quantization: INT8 Q/DQ calibration: backend, method (entropy, max, percentile),
+            per-channel, reduce_range.
+        compilation: Candidates to build (onnxruntime_fp32/int8, tensorrt_fp32/fp16/int8, aoti),
+            batch profile, timing cache.
+        selection: Policy (max_throughput, min_latency, max_throughput_within_latency_budget),
+            accuracy budget in points, batch sizes.
+        triton: Triton repository: max_batch_size, dynamic batching, instances, warm-up,
+            response cache, serving image.
+        deployment: Vertex AI: enabled, project, location, endpoint, machine and accelerator,
+            replicas, autoscaling, spot, network.
+        canary: Traffic steps (default 10, 25, 50, 100), interval, error and latency limits,
+            failure limit, grace period.
         monitoring: Alert thresholds, notification channels or e-mails, dashboard.
         service_levels: p50/p95 latency targets at a request rate, and a cost ceiling.
-        build_accelerator_type: GPU that compiles and measures candidates; set it to the serving GPU (deployment.accelerator_type), since a TensorRT engine only serves on the GPU type it was built on. Empty builds on CPU.
-        build_accelerator_count: GPUs for the build tasks (1 with a build accelerator, 0 without).
+        build_accelerator_type: GPU that compiles and measures the candidates. Set it to the
+            serving GPU (deployment.accelerator_type): a TensorRT engine only serves on the GPU
+            type it was built on. Empty builds on CPU.
+        build_accelerator_count: GPUs for the build tasks (1 with a build accelerator, else 0).
     """
     run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
     exit_task = rollback_on_failure(deployment=deployment, run_id=run_id)
@@ -111,14 +122,18 @@ def optimize_and_deploy(
         ).set_display_name("Serve check (Triton)")
 
         with dsl.If(intake.outputs["deploy"] == True, name="deploy-enabled"):  # noqa: E712
-            deployed = deploy_to_endpoint(
-                triton_repository=packaged.outputs["triton_repository"],
-                eval_data=intake.outputs["eval_data"],
-                model=model,
-                deployment=deployment,
-                canary=canary,
-                run_id=run_id,
-            ).set_display_name("Deploy to endpoint").set_caching_options(False)
+            deployed = (
+                deploy_to_endpoint(
+                    triton_repository=packaged.outputs["triton_repository"],
+                    eval_data=intake.outputs["eval_data"],
+                    model=model,
+                    deployment=deployment,
+                    canary=canary,
+                    run_id=run_id,
+                )
+                .set_display_name("Deploy to endpoint")
+                .set_caching_options(False)
+            )
             deployed.after(checked)
 
             run_canary(

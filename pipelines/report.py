@@ -51,6 +51,7 @@ def build_report(
     wall_s: float = 0.0,
 ) -> dict[str, Any]:
     """The machine-readable report of one run."""
+
     def details(stage: str) -> dict[str, Any]:
         return dict(reports.get(stage, {}).get("details", {}))
 
@@ -89,7 +90,10 @@ def build_report(
         "selection_reason": summary("select").get("reason", ""),
         "cost": select_details.get("cost"),
         "triton_repository": package_summary.get("repository_path", ""),
-        "serve_check": {"status": reports.get("serve_check", {}).get("status", "not run"), **summary("serve_check")},
+        "serve_check": {
+            "status": reports.get("serve_check", {}).get("status", "not run"),
+            **summary("serve_check"),
+        },
         "cloud": {
             name: {
                 "status": reports.get(name, {}).get("status", "not run"),
@@ -109,17 +113,21 @@ def render_markdown(report: dict[str, Any]) -> str:
     out = [f"# vxdeploy run `{report['run_id']}`", "", f"Status: **{report['status']}**", ""]
     if report.get("error"):
         out += [f"Error: {report['error']}", ""]
-    out += ["## Stages", "", markdown_table(
-        [
-            {
-                "stage": s["stage"],
-                "status": s["status"],
-                "seconds": "" if s["duration_s"] is None else f"{s['duration_s']:.1f}",
-                "note": s.get("reason", ""),
-            }
-            for s in report["stages"]
-        ]
-    )]
+    out += [
+        "## Stages",
+        "",
+        markdown_table(
+            [
+                {
+                    "stage": s["stage"],
+                    "status": s["status"],
+                    "seconds": "" if s["duration_s"] is None else f"{s['duration_s']:.1f}",
+                    "note": s.get("reason", ""),
+                }
+                for s in report["stages"]
+            ]
+        ),
+    ]
     if report["candidates"]:
         out += ["## Candidates", "", markdown_table(report["candidates"])]
     if report["skipped_candidates"]:
@@ -131,10 +139,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["## Cost", "", cost["markdown"], ""]
     if report["serve_check"]:
         out += ["## Serve check", "", markdown_table([report["serve_check"]])]
-    out += ["## Cloud", "", markdown_table(
-        [{"stage": k, **{kk: vv for kk, vv in v.items() if kk != "steps"}} for k, v in report["cloud"].items()],
-        ["stage", "status", "reason"],
-    )]
+    out += [
+        "## Cloud",
+        "",
+        markdown_table(
+            [
+                {"stage": k, **{kk: vv for kk, vv in v.items() if kk != "steps"}}
+                for k, v in report["cloud"].items()
+            ],
+            ["stage", "status", "reason"],
+        ),
+    ]
     steps = report["cloud"].get("canary", {}).get("steps")
     if steps:
         out += ["### Canary steps", "", markdown_table(steps)]

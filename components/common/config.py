@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -87,7 +87,9 @@ class ModelConfig(_Section):
     @classmethod
     def _name(cls, v: str) -> str:
         if not _NAME_RE.match(v):
-            raise ValueError("use letters, digits, '_', '.', '-' (at most 63), starting with a letter or digit")
+            raise ValueError(
+                "use letters, digits, '_', '.', '-' (at most 63), starting with a letter or digit"
+            )
         return v
 
 
@@ -155,7 +157,7 @@ class CompilationConfig(_Section):
     """Which serving candidates to build and how."""
 
     candidates: list[CandidateKind] = Field(
-        default_factory=lambda: [
+        default_factory=lambda: [  # type: ignore[arg-type]
             "onnxruntime_fp32",
             "onnxruntime_int8",
             "aoti",
@@ -168,7 +170,8 @@ class CompilationConfig(_Section):
         default_factory=dict, description="Profiles of other dynamic dims, by symbol name."
     )
     timing_cache_uri: str = Field(
-        default="", description="Where the TensorRT timing cache persists between runs ('' = beside artifacts)."
+        default="",
+        description="Where the TensorRT timing cache persists between runs ('' = beside artifacts).",
     )
     workspace_gib: float = Field(default=4.0, gt=0)
     aoti_max_autotune: bool = False
@@ -184,7 +187,9 @@ class SelectionConfig(_Section):
         default=0.5,
         ge=0,
         le=100,
-        description="Largest drop allowed vs FP32, in percentage points (of task accuracy, or top-1 agreement).",
+        description=(
+            "Largest drop allowed vs FP32, in percentage points of task accuracy (or of top-1 agreement)."
+        ),
     )
     min_cosine: float = Field(default=0.99, gt=0, le=1)
     latency_budget_ms: float | None = Field(default=None, gt=0)
@@ -222,7 +227,9 @@ class TritonConfig(_Section):
         description="Vertex AI Triton serving image.",
     )
     shared_memory_mb: int = Field(default=1024, ge=64)
-    serve_check: bool = Field(default=True, description="Serve the repository with a real Triton before deploying.")
+    serve_check: bool = Field(
+        default=True, description="Serve the repository with a real Triton before deploying."
+    )
 
 
 class DeploymentConfig(_Section):
@@ -232,7 +239,9 @@ class DeploymentConfig(_Section):
     project: str = ""
     location: str = "us-central1"
     api_endpoint: str = Field(default="", description="Override the Vertex AI API endpoint (tests, VPC-SC).")
-    staging_bucket: str = Field(default="", description="gs:// prefix where the Triton repository is uploaded.")
+    staging_bucket: str = Field(
+        default="", description="gs:// prefix where the Triton repository is uploaded."
+    )
     endpoint: str = Field(default="vxdeploy-endpoint", description="Endpoint display name or numeric id.")
     parent_model: str = Field(default="", description="Existing model resource to add a version to.")
     machine_type: str = "g2-standard-8"
@@ -256,10 +265,13 @@ class DeploymentConfig(_Section):
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         if self.accelerator_type and self.accelerator_type not in GPU_ACCELERATORS:
             raise ValueError(
-                f"accelerator_type {self.accelerator_type!r} is not one of {', '.join(GPU_ACCELERATORS)} (or '')"
+                f"accelerator_type {self.accelerator_type!r} is not one of "
+                f"{', '.join(GPU_ACCELERATORS)} (or '' for CPU serving)"
             )
         if self.spot and not self.accept_spot_preemption:
-            raise ValueError("spot=true can lose every replica at once: set accept_spot_preemption=true to accept it")
+            raise ValueError(
+                "spot=true can lose every replica at once: set accept_spot_preemption=true to accept it"
+            )
         return self
 
 
@@ -273,9 +285,13 @@ class CanaryConfig(_Section):
     max_error_rate_increase: float = Field(default=0.005, ge=0)
     max_latency_ratio: float = Field(default=1.5, gt=0)
     failure_limit: int = Field(default=1, ge=0)
-    min_requests: int = Field(default=1, ge=0, description="Fewer requests than this in a window is 'no data'.")
+    min_requests: int = Field(
+        default=1, ge=0, description="Fewer requests than this in a window is 'no data'."
+    )
     smoke_requests: int = Field(default=4, ge=0)
-    undeploy_grace_s: float | None = Field(default=None, ge=0, description="None keeps the old model deployed.")
+    undeploy_grace_s: float | None = Field(
+        default=None, ge=0, description="None keeps the old model deployed."
+    )
     lease_ttl_s: float = Field(default=7200, gt=0)
 
     @field_validator("steps")

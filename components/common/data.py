@@ -80,7 +80,7 @@ def load_dataset(
             f"{what}: arrays {sorted(arrays)} do not match the model inputs {signature.input_names}"
             + (f"; missing {missing}" if missing else "")
             + (f"; unexpected {extra}" if extra else "")
-            + f". Save one array per input name (np.savez(path, {', '.join(f'{n}=...' for n in signature.input_names)}))"
+            + f". Save one array per input name (np.savez(path, {_kwargs_hint(signature)}))"
             + f" and optional '{labels_key}'."
         )
     counts = set()
@@ -125,6 +125,10 @@ def load_dataset(
     if n < min_samples:
         raise DataError(f"{what}: {n} samples, at least {min_samples} are needed")
     return Dataset(checked, labels)
+
+
+def _kwargs_hint(signature: ModelSignature) -> str:
+    return ", ".join(f"{n}=..." for n in signature.input_names)
 
 
 def _fmt_shape(shape: tuple[int | str, ...]) -> str:

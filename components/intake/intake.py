@@ -10,7 +10,13 @@ from components.common import builtin
 from components.common.config import DataConfig, ModelConfig, TensorOverride
 from components.common.data import Dataset, load_dataset
 from components.common.errors import ModelIntakeError, UserError
-from components.common.signature import BATCH_DIM, ModelSignature, TensorSpec, signature_from_exported_program, signature_from_onnx
+from components.common.signature import (
+    BATCH_DIM,
+    ModelSignature,
+    TensorSpec,
+    signature_from_exported_program,
+    signature_from_onnx,
+)
 from components.common.uris import copy_atomic, localize
 
 MODEL_FORMATS = ("torch_export", "torchscript", "onnx")
@@ -139,11 +145,11 @@ def intake(model_cfg: ModelConfig, data_cfg: DataConfig, workdir: str | Path) ->
     calibration = load_dataset(
         calib_path, sig, what="data.calibration_uri", labels_key=data_cfg.labels_key, min_samples=1
     )
-    evaluation = load_dataset(eval_path, sig, what="data.eval_uri", labels_key=data_cfg.labels_key, min_samples=1)
+    evaluation = load_dataset(
+        eval_path, sig, what="data.eval_uri", labels_key=data_cfg.labels_key, min_samples=1
+    )
     if calib_path.resolve() == eval_path.resolve():
-        raise UserError(
-            "data.calibration_uri and data.eval_uri are the same file; evaluate on held-out data"
-        )
+        raise UserError("data.calibration_uri and data.eval_uri are the same file; evaluate on held-out data")
     return IntakeResult(
         model_path=model_path,
         model_format=fmt,

@@ -5,7 +5,9 @@ import pytest
 from pipelines.cli import main
 
 
-def test_broken_config_exits_non_zero_naming_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_config_exits_non_zero_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("selection:\n  policy: fastest\n")
 

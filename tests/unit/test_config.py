@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import RunConfig, load_config, parse_config, parse_section, SelectionConfig
+from components.common.config import RunConfig, SelectionConfig, load_config, parse_config, parse_section
 from components.common.errors import ConfigError
 
 

@@ -41,8 +41,13 @@ def test_exported_program_signature_names_dynamic_dims() -> None:
 def test_onnx_signature_matches_the_exported_names(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     torch.onnx.export(
-        torch.nn.Linear(4, 3), (torch.ones(2, 4),), str(path), input_names=["x"], output_names=["y"],
-        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False,
+        torch.nn.Linear(4, 3),
+        (torch.ones(2, 4),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        dynamo=False,
     )
 
     sig = signature_from_onnx(path)
