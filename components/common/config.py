@@ -38,6 +38,7 @@ GPU_ACCELERATORS = (
     "NVIDIA_H200_141GB",
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+_NETWORK_RE = re.compile(r"^projects/[^/]+/global/networks/[^/]+$")
 
 
 class _Section(BaseModel):
@@ -135,8 +136,23 @@ class QuantizationConfig(_Section):
     reduce_range: bool = Field(
         default=True, description="7-bit weights: avoids saturation on CPUs without VNNI."
     )
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    max_excluded_layers: int = Field(default=8, ge=0)
+    activation_type: Literal["uint8", "int8"] = Field(
+        default="uint8",
+        description="'int8' (S8S8) saturates in ONNX Runtime's integer kernels on CPUs without VNNI.",
+    )
+    max_excluded_layers: int = Field(
+        default=8, ge=0, description="Most layers the accuracy gate may keep in FP32 to meet the budget."
+    )
+    sensitivity_candidates: int = Field(
+        default=24,
+        ge=1,
+        description=(
+            "Quantized layers whose exclusion is tried one by one (leave-one-out); on larger models the "
+            "layers with the worst activation quantization error are tried first."
+        ),
+    )
+    gate_samples: int = Field(default=2000, ge=1, description="Evaluation samples the accuracy gate uses.")
+    calibration_batch_size: int = Field(default=32, ge=1)
 
 
 class BuildProfile(_Section):
@@ -171,10 +187,36 @@ class CompilationConfig(_Section):
     )
     timing_cache_uri: str = Field(
         default="",
-        description="Where the TensorRT timing cache persists between runs ('' = beside artifacts).",
+        description=(
+            "Folder (local path or gs:// URI) where TensorRT timing caches persist and are reused by later "
+            "runs, one file per TensorRT version and GPU ('' = beside the candidates artifact only)."
+        ),
     )
     workspace_gib: float = Field(default=4.0, gt=0)
+    tensorrt_optimization_level: int = Field(
+        default=3, ge=0, le=5, description="TensorRT builder optimization level (higher: slower build, faster engine)."
+    )
+    fp16_converter: Literal["auto", "modelopt", "onnxconverter"] = Field(
+        default="auto",
+        description=(
+            "How the FP32 ONNX becomes FP16 for TensorRT: ModelOpt AutoCast where importable ('auto'), "
+            "else onnxconverter-common."
+        ),
+    )
+    aoti_devices: list[Literal["cpu", "cuda"]] = Field(
+        default_factory=lambda: ["cpu", "cuda"],  # type: ignore[arg-type]
+        description="Devices to build AOT Inductor packages for; 'cuda' is skipped without a GPU.",
+    )
     aoti_max_autotune: bool = False
+    aoti_freezing: bool = Field(
+        default=True, description="Fold weights into the CPU package (inductor 'freezing'): faster on CPU."
+    )
+    ort_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ONNX Runtime graph optimization level recorded with the ONNX Runtime candidates."
+    )
+    ort_save_optimized_model: bool = Field(
+        default=False, description="Also store ONNX Runtime's optimized graph (tied to this ONNX Runtime version)."
+    )
 
 
 class SelectionConfig(_Section):
@@ -193,10 +235,17 @@ class SelectionConfig(_Section):
     )
     min_cosine: float = Field(default=0.99, gt=0, le=1)
     latency_budget_ms: float | None = Field(default=None, gt=0)
+    latency_percentile: Literal["p50", "p90", "p99"] = Field(
+        default="p90", description="Latency figure used by min_latency and by the latency budget."
+    )
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 8, 32])
     warmup_iterations: int = Field(default=5, ge=0)
     min_iterations: int = Field(default=20, ge=3)
     min_seconds: float = Field(default=0.5, ge=0)
+    max_eval_samples: int = Field(default=1000, ge=1, description="Evaluation samples used for the accuracy figures.")
+    measure_reference: bool = Field(
+        default=True, description="Also time the PyTorch eager FP32 reference, for speed-up ratios."
+    )
 
     @field_validator("batch_sizes")
     @classmethod
@@ -204,6 +253,14 @@ class SelectionConfig(_Section):
         if not v or any(b < 1 for b in v):
             raise ValueError("give one or more batch sizes, each >= 1")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _budget(self) -> SelectionConfig:
+        if self.policy == "max_throughput_within_latency_budget" and self.latency_budget_ms is None:
+            raise ValueError(
+                "policy max_throughput_within_latency_budget needs selection.latency_budget_ms (e.g. 50)"
+            )
+        return self
 
 
 class DynamicBatchingConfig(_Section):
@@ -215,21 +272,57 @@ class DynamicBatchingConfig(_Section):
 class TritonConfig(_Section):
     """Triton model repository options."""
 
-    max_batch_size: int = Field(default=32, ge=0)
+    max_batch_size: int = Field(
+        default=32, ge=0, description="Largest batch Triton forms; 0 turns Triton's batching off."
+    )
     dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)
     instance_count: int = Field(default=1, ge=1)
-    instance_kind: Literal["auto", "KIND_GPU", "KIND_CPU"] = "auto"
-    warmup: bool = True
+    instance_kind: Literal["auto", "KIND_GPU", "KIND_CPU"] = Field(
+        default="auto", description="'auto': KIND_GPU when the deployment has an accelerator, else KIND_CPU."
+    )
+    warmup: bool = Field(default=True, description="Warm each model up with generated sample data at load.")
     version_policy: Literal["latest", "all"] = "latest"
     response_cache: bool = False
+    response_cache_mb: int = Field(
+        default=256, ge=1, description="Size of Triton's local response cache when response_cache is on."
+    )
     serving_image: str = Field(
-        default="us-docker.pkg.dev/vertex-ai/prediction/tritonserver:24.09-py3",
-        description="Vertex AI Triton serving image.",
+        default="",
+        description=(
+            "Triton serving image. '' = Vertex AI's prebuilt Triton image for ONNX-only repositories, and "
+            "the project's serving image (Triton with torch and the optimizer's TensorRT) for repositories "
+            "with TensorRT engines or AOT Inductor packages, which the prebuilt image cannot run."
+        ),
     )
     shared_memory_mb: int = Field(default=1024, ge=64)
     serve_check: bool = Field(
         default=True, description="Serve the repository with a real Triton before deploying."
     )
+    serve_check_requests: int = Field(default=64, ge=1, description="Requests the serve check sends.")
+    serve_check_concurrency: int = Field(default=16, ge=1, description="Requests in flight at once.")
+    serve_check_atol: float = Field(
+        default=1e-3, gt=0, description="Largest abs difference to the PyTorch reference for FP32 candidates."
+    )
+    serve_check_min_cosine: float = Field(
+        default=0.99, gt=0, le=1, description="Smallest cosine similarity to the reference, any precision."
+    )
+    serve_check_startup_timeout_s: float = Field(default=120, gt=0)
+
+    @model_validator(mode="after")
+    def _batching(self) -> TritonConfig:
+        sizes = self.dynamic_batching.preferred_batch_sizes
+        if any(b < 1 for b in sizes):
+            raise ValueError(f"dynamic_batching.preferred_batch_sizes {sizes}: each size must be >= 1")
+        too_big = [b for b in sizes if b > self.max_batch_size]
+        # Default sizes above a smaller max_batch_size are dropped when packaging; sizes the
+        # user chose are checked here so a typo is not silently ignored.
+        chosen = "preferred_batch_sizes" in self.dynamic_batching.model_fields_set
+        if self.max_batch_size > 0 and too_big and chosen:
+            raise ValueError(
+                f"dynamic_batching.preferred_batch_sizes {too_big} exceed max_batch_size "
+                f"{self.max_batch_size}; give sizes in [1, {self.max_batch_size}]"
+            )
+        return self
 
 
 class DeploymentConfig(_Section):
@@ -240,22 +333,57 @@ class DeploymentConfig(_Section):
     location: str = "us-central1"
     api_endpoint: str = Field(default="", description="Override the Vertex AI API endpoint (tests, VPC-SC).")
     staging_bucket: str = Field(
-        default="", description="gs:// prefix where the Triton repository is uploaded."
+        default="",
+        description=(
+            "gs:// prefix where the Triton repository is uploaded; '' uses the artifact's own gs:// URI "
+            "(what Vertex AI Pipelines gives)."
+        ),
     )
     endpoint: str = Field(default="vxdeploy-endpoint", description="Endpoint display name or numeric id.")
     parent_model: str = Field(default="", description="Existing model resource to add a version to.")
     machine_type: str = "g2-standard-8"
     accelerator_type: str = Field(default="NVIDIA_L4", description="Serving GPU; '' for CPU serving.")
     accelerator_count: int = Field(default=1, ge=0)
-    min_replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        description="0 enables Vertex AI scale-to-zero (Preview, v1beta1 API): replicas stop when idle.",
+    )
     max_replicas: int = Field(default=2, ge=1)
     gpu_duty_cycle_target: int = Field(default=60, ge=1, le=100)
     cpu_utilization_target: int = Field(default=60, ge=1, le=100)
+    scale_to_zero_idle_s: int = Field(
+        default=900, ge=300, le=28800, description="With min_replicas=0: idle time before scaling to zero."
+    )
     spot: bool = False
     accept_spot_preemption: bool = False
-    network: str = Field(default="", description="VPC network for a peered private endpoint.")
-    private_service_connect_projects: list[str] = Field(default_factory=list)
+    network: str = Field(
+        default="",
+        description="VPC network for a peered private endpoint: projects/PROJECT_NUMBER/global/networks/NAME.",
+    )
+    private_service_connect_projects: list[str] = Field(
+        default_factory=list, description="Projects allowed to reach a Private Service Connect endpoint."
+    )
     service_account: str = ""
+    smoke_test_route: Literal["auto", "invoke", "private", "none"] = Field(
+        default="auto",
+        description=(
+            "How the smoke test reaches the new deployed model before it takes traffic: 'invoke' "
+            "(dedicated endpoint, deployedModels/ID/invoke), 'private' (the peered private endpoint's "
+            "per-model URL), 'none'; 'auto' picks 'private' with a network, 'none' with Private Service "
+            "Connect, else 'invoke'."
+        ),
+    )
+    serving_tensorrt_version: str = Field(
+        default="",
+        description="TensorRT version of the serving image, when the packaging stage does not record it.",
+    )
+    operation_timeout_s: float = Field(
+        default=3600, gt=0, description="Longest wait for one long-running operation (upload, deploy)."
+    )
+    max_poll_interval_s: float = Field(
+        default=15, gt=0, description="Longest pause between polls of an operation (polls back off to it)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentConfig:
@@ -265,34 +393,63 @@ class DeploymentConfig(_Section):
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         if self.accelerator_type and self.accelerator_type not in GPU_ACCELERATORS:
             raise ValueError(
-                f"accelerator_type {self.accelerator_type!r} is not one of "
-                f"{', '.join(GPU_ACCELERATORS)} (or '' for CPU serving)"
+                f"accelerator_type {self.accelerator_type!r} is not one of {', '.join(GPU_ACCELERATORS)} (or '')"
             )
         if self.spot and not self.accept_spot_preemption:
+            raise ValueError("spot=true can lose every replica at once: set accept_spot_preemption=true to accept it")
+        if self.staging_bucket and not self.staging_bucket.startswith("gs://"):
+            raise ValueError(f"staging_bucket {self.staging_bucket!r} must be a gs:// prefix")
+        if self.network and self.private_service_connect_projects:
             raise ValueError(
-                "spot=true can lose every replica at once: set accept_spot_preemption=true to accept it"
+                "network (VPC peering) and private_service_connect_projects (PSC) exclude each other: choose one"
             )
+        if self.network and not _NETWORK_RE.match(self.network):
+            raise ValueError(
+                f"network {self.network!r} must read projects/PROJECT_NUMBER/global/networks/NAME"
+            )
+        if self.smoke_test_route == "private" and not self.network:
+            raise ValueError("smoke_test_route='private' needs network (a peered private endpoint)")
         return self
+
+    @property
+    def resolved_smoke_test_route(self) -> Literal["invoke", "private", "none"]:
+        """The smoke test route after resolving 'auto'."""
+        if self.smoke_test_route != "auto":
+            return self.smoke_test_route
+        if self.network:
+            return "private"
+        if self.private_service_connect_projects:
+            return "none"
+        return "invoke"
 
 
 class CanaryConfig(_Section):
     """Progressive traffic shift with metric analysis."""
 
     steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100])
-    interval_s: float = Field(default=300, ge=0)
+    interval_s: float = Field(default=300, ge=0, description="How long each step is held before its analysis.")
+    analysis_window_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Metrics window each analysis reads, ending now; None: since the step's traffic shift.",
+    )
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     max_p99_latency_ms: float = Field(default=500, gt=0)
     max_error_rate_increase: float = Field(default=0.005, ge=0)
     max_latency_ratio: float = Field(default=1.5, gt=0)
-    failure_limit: int = Field(default=1, ge=0)
-    min_requests: int = Field(
-        default=1, ge=0, description="Fewer requests than this in a window is 'no data'."
+    failure_limit: int = Field(
+        default=1,
+        ge=0,
+        description="Failed analyses tolerated (the step is held and re-analysed); one more rolls back.",
     )
+    min_requests: int = Field(default=1, ge=0, description="Fewer requests than this in a window is 'no data'.")
     smoke_requests: int = Field(default=4, ge=0)
-    undeploy_grace_s: float | None = Field(
-        default=None, ge=0, description="None keeps the old model deployed."
-    )
+    smoke_timeout_s: float = Field(default=60, gt=0, description="Timeout of one smoke-test request.")
+    undeploy_grace_s: float | None = Field(default=None, ge=0, description="None keeps the old model deployed.")
     lease_ttl_s: float = Field(default=7200, gt=0)
+    monitoring_endpoint: str = Field(
+        default="", description="Override the Cloud Monitoring API endpoint (host:port) the analysis reads."
+    )
 
     @field_validator("steps")
     @classmethod
@@ -315,14 +472,94 @@ class MonitoringConfig(_Section):
     monitoring_endpoint: str = Field(default="", description="Override the Cloud Monitoring API endpoint.")
 
 
-class ServiceLevelConfig(_Section):
-    """Latency and cost targets the selected candidate must meet."""
+_PRICE_OVERRIDE_RE = re.compile(r"^(machine|accelerator):([A-Za-z0-9_-]+)(:spot)?$")
+_MACHINE_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*-[a-z0-9-]+$")
 
-    p50_latency_ms: float | None = Field(default=None, gt=0)
-    p95_latency_ms: float | None = Field(default=None, gt=0)
-    requests_per_second: float = Field(default=50, gt=0, description="Target load per deployment.")
-    max_cost_per_hour: float | None = Field(default=None, gt=0)
-    price_overrides: dict[str, float] = Field(default_factory=dict)
+
+class ServiceLevelConfig(_Section):
+    """Latency and cost targets the selected candidate must meet, and how its cost is estimated."""
+
+    p50_latency_ms: float | None = Field(
+        default=None, gt=0, description="Target median latency of one inference call, in ms (None: none)."
+    )
+    p95_latency_ms: float | None = Field(
+        default=None, gt=0, description="Target 95th-percentile latency of one inference call, in ms."
+    )
+    requests_per_second: float = Field(
+        default=50,
+        gt=0,
+        description="Target load on the whole deployment, in predictions per second; sets the replica count.",
+    )
+    replica_requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Load each replica must carry within the latency targets (e.g. 50 for 'p95 < 500 ms at "
+            "50 requests/s per replica'); None: whatever the fastest batch size within the targets carries."
+        ),
+    )
+    max_cost_per_hour: float | None = Field(
+        default=None,
+        gt=0,
+        description="Cost ceiling of the whole deployment, USD per hour (spot when deployment.spot).",
+    )
+    cpu_machine_type: str = Field(
+        default="",
+        description=(
+            "Vertex AI machine type whose price figures measured on a CPU are costed at; '' = "
+            "deployment.machine_type when the deployment has no accelerator, else n1-standard-4."
+        ),
+    )
+    price_overrides: dict[str, float] = Field(
+        default_factory=dict,
+        description=(
+            "USD per node-hour in deployment.location, replacing the shipped price snapshot: keys "
+            "'machine:TYPE', 'machine:TYPE:spot', 'accelerator:NAME', 'accelerator:NAME:spot'. A machine "
+            "price covers the GPU that machine type comes with (g2, a2, a3)."
+        ),
+    )
+
+    @field_validator("cpu_machine_type")
+    @classmethod
+    def _cpu_machine(cls, v: str) -> str:
+        if v and not _MACHINE_TYPE_RE.match(v):
+            raise ValueError(f"{v!r} is not a machine type; give e.g. 'n1-standard-4' ('' for the default)")
+        return v
+
+    @field_validator("price_overrides")
+    @classmethod
+    def _overrides(cls, v: dict[str, float]) -> dict[str, float]:
+        for key, price in v.items():
+            cls.parse_price_override_key(key)
+            if not price > 0:
+                raise ValueError(f"price_overrides[{key!r}]={price}: give a price > 0 in USD per node-hour")
+        return v
+
+    @staticmethod
+    def parse_price_override_key(key: str) -> tuple[Literal["machine", "accelerator"], str, bool]:
+        """Split a price override key into (kind, machine or accelerator name, is_spot).
+
+        Raises:
+            ValueError: The key does not read 'machine:TYPE[:spot]' or 'accelerator:NAME[:spot]', or
+                names an accelerator Vertex AI does not have.
+        """
+        match = _PRICE_OVERRIDE_RE.match(key)
+        if match is None:
+            raise ValueError(
+                f"price_overrides key {key!r} is not one of 'machine:TYPE', 'machine:TYPE:spot', "
+                "'accelerator:NAME', 'accelerator:NAME:spot' (e.g. 'machine:g2-standard-8', "
+                "'accelerator:NVIDIA_TESLA_T4:spot')"
+            )
+        kind: Literal["machine", "accelerator"] = "machine" if match.group(1) == "machine" else "accelerator"
+        name, spot = match.group(2), match.group(3) is not None
+        if kind == "machine" and not _MACHINE_TYPE_RE.match(name):
+            raise ValueError(f"price_overrides key {key!r}: {name!r} is not a machine type (n1-standard-4)")
+        if kind == "accelerator" and name not in GPU_ACCELERATORS:
+            raise ValueError(
+                f"price_overrides key {key!r}: accelerator {name!r} is not one of "
+                f"{', '.join(GPU_ACCELERATORS)}"
+            )
+        return kind, name, spot
 
 
 _Sec = TypeVar("_Sec", bound=BaseModel)
