@@ -100,7 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
 
+    _add_cloud_commands(sub)
     return parser
+
+
+def _add_cloud_commands(sub: Any) -> None:
+    from pipelines import schedule, submit
+
+    submit.add_submit_arguments(sub)
+    schedule.add_schedule_arguments(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

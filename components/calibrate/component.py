@@ -39,4 +39,15 @@ def calibrate_int8(
     """
     from components.calibrate import stage
 
-    stage.run(onnx_model, calibration_data, eval_data, data, quantization, selection, qdq_model, metrics, table, report)
+    stage.run(
+        onnx_model,
+        calibration_data,
+        eval_data,
+        data,
+        quantization,
+        selection,
+        qdq_model,
+        metrics,
+        table,
+        report,
+    )

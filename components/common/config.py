@@ -39,6 +39,8 @@ GPU_ACCELERATORS = (
 )
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 _NETWORK_RE = re.compile(r"^projects/[^/]+/global/networks/[^/]+$")
+_EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>.]+$")
+_CHANNEL_RE = re.compile(r"^(projects/[^/]+/notificationChannels/)?[A-Za-z0-9_-]+$")
 
 
 class _Section(BaseModel):
@@ -106,9 +108,22 @@ class DataConfig(_Section):
         description=".npz with one array per input, plus optional 'labels', held out from calibration.",
     )
     labels_key: str = "labels"
-    min_calibration_samples: int = Field(default=64, ge=1)
-    warn_calibration_samples: int = Field(default=500, ge=1)
-    max_calibration_samples: int = Field(default=1024, ge=1)
+    min_calibration_samples: int = Field(
+        default=64, ge=1, description="Fewer calibration samples than this is an error (no random scales)."
+    )
+    warn_calibration_samples: int = Field(default=500, ge=1, description="Fewer than this logs a warning.")
+    max_calibration_samples: int = Field(
+        default=1024, ge=1, description="Calibration uses at most this many samples."
+    )
+
+    @model_validator(mode="after")
+    def _sample_limits(self) -> DataConfig:
+        if self.max_calibration_samples < self.min_calibration_samples:
+            raise ValueError(
+                f"max_calibration_samples {self.max_calibration_samples} < min_calibration_samples "
+                f"{self.min_calibration_samples}: calibration could never have enough samples"
+            )
+        return self
 
 
 class ExportConfig(_Section):
@@ -153,6 +168,14 @@ class QuantizationConfig(_Section):
     )
     gate_samples: int = Field(default=2000, ge=1, description="Evaluation samples the accuracy gate uses.")
     calibration_batch_size: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _entropy_bins(self) -> QuantizationConfig:
+        # The entropy (KL) search picks among num_bins / 2 - 64 thresholds: with 128 bins there is
+        # only one, the full range, and entropy calibration silently becomes min/max.
+        if self.method == "entropy" and self.num_bins < 256:
+            raise ValueError(f"num_bins={self.num_bins} leaves entropy calibration no choice; use >= 256")
+        return self
 
 
 class BuildProfile(_Section):
@@ -384,6 +407,11 @@ class DeploymentConfig(_Section):
     max_poll_interval_s: float = Field(
         default=15, gt=0, description="Longest pause between polls of an operation (polls back off to it)."
     )
+    retry_timeout_s: float = Field(
+        default=60,
+        gt=0,
+        description="How long one call is retried after a 503, a 429 or a dropped connection.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentConfig:
@@ -396,7 +424,9 @@ class DeploymentConfig(_Section):
                 f"accelerator_type {self.accelerator_type!r} is not one of {', '.join(GPU_ACCELERATORS)} (or '')"
             )
         if self.spot and not self.accept_spot_preemption:
-            raise ValueError("spot=true can lose every replica at once: set accept_spot_preemption=true to accept it")
+            raise ValueError(
+                "spot=true can lose every replica at once: set accept_spot_preemption=true to accept it"
+            )
         if self.staging_bucket and not self.staging_bucket.startswith("gs://"):
             raise ValueError(f"staging_bucket {self.staging_bucket!r} must be a gs:// prefix")
         if self.network and self.private_service_connect_projects:
@@ -427,7 +457,9 @@ class CanaryConfig(_Section):
     """Progressive traffic shift with metric analysis."""
 
     steps: list[int] = Field(default_factory=lambda: [10, 25, 50, 100])
-    interval_s: float = Field(default=300, ge=0, description="How long each step is held before its analysis.")
+    interval_s: float = Field(
+        default=300, ge=0, description="How long each step is held before its analysis."
+    )
     analysis_window_s: float | None = Field(
         default=None,
         gt=0,
@@ -442,10 +474,14 @@ class CanaryConfig(_Section):
         ge=0,
         description="Failed analyses tolerated (the step is held and re-analysed); one more rolls back.",
     )
-    min_requests: int = Field(default=1, ge=0, description="Fewer requests than this in a window is 'no data'.")
+    min_requests: int = Field(
+        default=1, ge=0, description="Fewer requests than this in a window is 'no data'."
+    )
     smoke_requests: int = Field(default=4, ge=0)
     smoke_timeout_s: float = Field(default=60, gt=0, description="Timeout of one smoke-test request.")
-    undeploy_grace_s: float | None = Field(default=None, ge=0, description="None keeps the old model deployed.")
+    undeploy_grace_s: float | None = Field(
+        default=None, ge=0, description="None keeps the old model deployed."
+    )
     lease_ttl_s: float = Field(default=7200, gt=0)
     monitoring_endpoint: str = Field(
         default="", description="Override the Cloud Monitoring API endpoint (host:port) the analysis reads."
@@ -460,16 +496,100 @@ class CanaryConfig(_Section):
 
 
 class MonitoringConfig(_Section):
-    """Cloud Monitoring alert policies, notification channel and dashboard."""
+    """Cloud Monitoring alert policies, notification channel and dashboard for the endpoint."""
 
     enabled: bool = True
-    p99_latency_ms: float = Field(default=500, gt=0)
-    error_rate: float = Field(default=0.01, ge=0, le=1)
-    gpu_duty_cycle: float = Field(default=90, gt=0, le=100)
-    notification_channels: list[str] = Field(default_factory=list)
-    notification_emails: list[str] = Field(default_factory=list)
+    p99_latency_ms: float = Field(
+        default=500, gt=0, description="Alert when a deployed model's p99 prediction latency exceeds this (ms)."
+    )
+    error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Alert when a deployed model's errors / responses exceed this fraction.",
+    )
+    gpu_duty_cycle: float = Field(
+        default=90,
+        gt=0,
+        le=100,
+        description="Alert when a deployed model's mean GPU duty cycle exceeds this percentage (GPU serving).",
+    )
+    cpu_utilization: float = Field(
+        default=90,
+        gt=0,
+        le=400,
+        description=(
+            "Alert when a deployed model's mean CPU utilization exceeds this percentage (CPU serving; "
+            "above 100 on machines with several cores)."
+        ),
+    )
+    replica_saturation: bool = Field(
+        default=True,
+        description="Alert when a deployed model runs at deployment.max_replicas (autoscaling has no room left).",
+    )
+    alignment_period_s: int = Field(
+        default=300,
+        ge=60,
+        le=3600,
+        description="Window each alert condition aligns its data over (seconds, a multiple of 60).",
+    )
+    alert_duration_s: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="How long a condition must hold before the alert fires (seconds, a multiple of 60).",
+    )
+    notification_channels: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Existing notification channels to alert: 'projects/P/notificationChannels/ID' or the bare ID."
+        ),
+    )
+    notification_emails: list[str] = Field(
+        default_factory=list,
+        description="E-mail addresses to alert; an 'email' channel is created for each (or reused).",
+    )
     dashboard: bool = True
-    monitoring_endpoint: str = Field(default="", description="Override the Cloud Monitoring API endpoint.")
+    monitoring_endpoint: str = Field(
+        default="",
+        description=(
+            "Override the Cloud Monitoring gRPC endpoint (host:port); a loopback one (127.0.0.1:PORT) "
+            "is reached without TLS."
+        ),
+    )
+    dashboards_endpoint: str = Field(
+        default="",
+        description=(
+            "Override the Cloud Monitoring dashboards REST endpoint (http://127.0.0.1:PORT for a fake); "
+            "required with a loopback monitoring_endpoint."
+        ),
+    )
+
+    @field_validator("alignment_period_s", "alert_duration_s")
+    @classmethod
+    def _whole_minutes(cls, v: int) -> int:
+        # Cloud Monitoring rejects alert windows that are not whole minutes.
+        if v % 60:
+            raise ValueError(f"{v} s is not a whole number of minutes; give a multiple of 60")
+        return v
+
+    @field_validator("notification_emails")
+    @classmethod
+    def _emails(cls, v: list[str]) -> list[str]:
+        bad = [e for e in v if not _EMAIL_RE.match(e)]
+        if bad:
+            raise ValueError(f"{bad} are not e-mail addresses; give addresses like oncall@example.com")
+        return v
+
+    @field_validator("notification_channels")
+    @classmethod
+    def _channels(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not _CHANNEL_RE.match(c)]
+        if bad:
+            raise ValueError(
+                f"{bad} are not notification channels; give 'projects/P/notificationChannels/ID' or the ID"
+            )
+        return v
 
 
 _PRICE_OVERRIDE_RE = re.compile(r"^(machine|accelerator):([A-Za-z0-9_-]+)(:spot)?$")

@@ -92,8 +92,9 @@ def load_dataset(
                 f"{what}: input {spec.name!r} has shape {arr.shape}, the model expects "
                 f"{_fmt_shape(spec.shape)} ({len(spec.shape)} dims, first axis = samples)"
             )
+        # Axis 0 holds the samples: a fixed-batch model still takes any number of them.
         for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
-            if isinstance(want, int) and got != want:
+            if axis > 0 and isinstance(want, int) and got != want:
                 raise DataError(
                     f"{what}: input {spec.name!r} has shape {arr.shape}, the model expects "
                     f"{_fmt_shape(spec.shape)}; axis {axis} must be {want}"

@@ -25,3 +25,65 @@ def image(name: str, registry: str = REGISTRY) -> str:
 OPTIMIZER_IMAGE = image("optimizer")
 RUNNER_IMAGE = image("runner")
 SERVING_IMAGE = image("serving")
+
+
+# What each image is built from, recorded once and handed to the Dockerfiles as build args
+# (containers/build.sh). The optimizer builds TensorRT engines and the serving image runs them; an
+# engine only deserializes in the TensorRT version that built it, so both bases come from the same
+# NGC release, and each Dockerfile checks at build time that its base carries TENSORRT_VERSION.
+NGC_RELEASE = "25.10"
+TENSORRT_VERSION = "10.13.3.9"
+CUDA_TORCH_INDEX = "https://download.pytorch.org/whl/cu130"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+PYTRITON_VERSION = "0.7.0"
+MODELOPT_VERSION = "0.47.0"
+
+BASE_IMAGES: dict[str, str] = {
+    "optimizer": f"nvcr.io/nvidia/tensorrt:{NGC_RELEASE}-py3",
+    "runner": "python:3.11.14-slim-bookworm",
+    "serving": f"nvcr.io/nvidia/tritonserver:{NGC_RELEASE}-py3",
+}
+
+
+def build_args(name: str) -> dict[str, str]:
+    """The ``--build-arg`` values of one image's Dockerfile (``containers/<name>/Dockerfile``)."""
+    image(name)  # validates the name
+    args = {"BASE_IMAGE": BASE_IMAGES[name], "VXDEPLOY_VERSION": VERSION}
+    if name == "optimizer":
+        args |= {
+            "TENSORRT_VERSION": TENSORRT_VERSION,
+            "TORCH_INDEX_URL": CUDA_TORCH_INDEX,
+            "MODELOPT_VERSION": MODELOPT_VERSION,
+        }
+    elif name == "serving":
+        args |= {"TENSORRT_VERSION": TENSORRT_VERSION, "TORCH_INDEX_URL": CUDA_TORCH_INDEX}
+    else:
+        args |= {"TORCH_INDEX_URL": CPU_TORCH_INDEX, "PYTRITON_VERSION": PYTRITON_VERSION}
+    return args
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m components.common.images tag|build-args NAME [--registry R]`` for containers/build.sh."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m components.common.images")
+    parser.add_argument("what", choices=("names", "tag", "build-args"))
+    parser.add_argument("name", nargs="?", default="")
+    parser.add_argument(
+        "--registry", default="", help="Registry prefix; default: $VXDEPLOY_REGISTRY or the built-in one."
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.what == "names":
+            print("\n".join(IMAGE_NAMES))
+        elif args.what == "tag":
+            print(image(args.name, args.registry.rstrip("/") or REGISTRY))
+        else:
+            print("\n".join(f"{k}={v}" for k, v in build_args(args.name).items()))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

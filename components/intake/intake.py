@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.common import builtin
+from components.common import builtin, registry
 from components.common.config import DataConfig, ModelConfig, TensorOverride
 from components.common.data import Dataset, load_dataset
 from components.common.errors import ModelIntakeError, UserError
@@ -124,9 +124,15 @@ def _check_overrides(sig: ModelSignature, inputs: list[TensorOverride]) -> None:
         )
 
 
-def resolve(uri: str, dest_dir: Path, *, what: str) -> Path:
+def resolve(uri: str, dest_dir: Path, *, what: str, api_endpoint: str | None = None) -> Path:
+    """A local file for ``uri``: builtin, Model Registry version (``projects/...``), ``gs://`` or path.
+
+    ``api_endpoint`` overrides the Vertex AI endpoint a registry version is read from.
+    """
     if builtin.is_builtin(uri):
         return builtin.write_builtin(uri, dest_dir)
+    if registry.is_registry_uri(uri):
+        return registry.resolve_registry_model(uri, dest_dir, api_endpoint=api_endpoint)
     return localize(uri, dest_dir, what=what)
 
 

@@ -1,0 +1,120 @@
+"""Calibration stage: artifacts in and out around :func:`components.calibrate.int8.calibrate_int8`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.calibrate.int8 import (
+    QDQ_FILE,
+    RANGES_FILE,
+    TABLE_JSON,
+    TABLE_MD,
+    accuracy_markdown,
+    calibrate_int8,
+)
+from components.common.config import DataConfig, QuantizationConfig, SelectionConfig, parse_section
+from components.common.data import load_dataset
+from components.common.errors import ModelIntakeError
+from components.common.signature import ModelSignature
+from components.common.stage import StageReport, log_metrics, timed, write_text_atomic
+from components.export.onnx_export import sha256_file
+
+
+def run(
+    onnx_model: Any,
+    calibration_data: Any,
+    eval_data: Any,
+    data: dict[str, Any],
+    quantization: dict[str, Any],
+    selection: dict[str, Any],
+    qdq_model: Any,
+    metrics: Any,
+    table: Any,
+    report: Any,
+) -> None:
+    """Calibrate and gate the FP32 ONNX model; write the Q/DQ model, ranges and accuracy table."""
+    data_cfg = parse_section(DataConfig, data, "data")
+    quant_cfg = parse_section(QuantizationConfig, quantization, "quantization")
+    selection_cfg = parse_section(SelectionConfig, selection, "selection")
+    meta = onnx_model.metadata
+    if "signature" not in meta:
+        raise ModelIntakeError(
+            "onnx_model artifact lacks its 'signature' metadata; it must come from the export stage"
+        )
+    signature = ModelSignature.from_dict(meta["signature"])
+    fp32 = Path(onnx_model.path) / str(meta.get("file", QDQ_FILE))
+    out_dir = Path(qdq_model.path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rep = StageReport("calibrate")
+
+    if not quant_cfg.enabled:
+        reason = "quantization.enabled is false"
+        qdq_model.metadata.update({"accepted": False, "reason": reason, "produced": False})
+        rep.status, rep.reason = "skipped", reason
+        write_text_atomic(table.path, f"INT8 calibration skipped: {reason}.\n")
+        rep.write(report.path)
+        return
+
+    with timed(rep):
+        calibration = load_dataset(
+            calibration_data.path, signature, what="data.calibration_uri", min_samples=1
+        )
+        evaluation = load_dataset(eval_data.path, signature, what="data.eval_uri", min_samples=1)
+        result = calibrate_int8(
+            fp32,
+            signature,
+            calibration,
+            evaluation,
+            out_dir,
+            quant_cfg,
+            data_cfg,
+            accuracy_budget=selection_cfg.accuracy_budget,
+            min_cosine=selection_cfg.min_cosine,
+            task=str(meta.get("task", "classification")),
+        )
+    summary = result.summary()
+    # KFP metadata is a protobuf Struct: leave out the figures that do not apply (None).
+    qdq_model.metadata.update({k: v for k, v in summary.items() if v is not None})
+    qdq_model.metadata.update(
+        {
+            "produced": True,
+            "reason": result.reason,
+            "excluded_layers": result.excluded_layers,
+            "accuracy_budget": selection_cfg.accuracy_budget,
+            "file": QDQ_FILE,
+            "ranges_file": RANGES_FILE,
+            "table_file": TABLE_MD,
+            "signature": signature.to_dict(),
+            "sha256": sha256_file(out_dir / QDQ_FILE),
+            "source_sha256": meta.get("sha256", ""),
+            "opset": meta.get("opset", 0),
+            "activation_type": quant_cfg.activation_type,
+            "per_channel": quant_cfg.per_channel,
+            "reduce_range": quant_cfg.reduce_range,
+        }
+    )
+    figures = {
+        "accepted": result.accepted,
+        "fp32_accuracy": summary["fp32_accuracy"],
+        "int8_accuracy": summary["int8_accuracy"],
+        "accuracy_drop_points": summary["accuracy_drop_points"],
+        "top1_agreement": summary["top1_agreement"],
+        "min_cosine": summary["min_cosine"],
+        "excluded_layers": summary["excluded_layers"],
+        "calibration_samples": result.calibration_samples,
+        "calibration_seconds": round(rep.duration_s, 3),
+    }
+    log_metrics(metrics, figures)
+    write_text_atomic(table.path, accuracy_markdown(result))
+    rep.reason = result.reason
+    rep.summary = {**summary, "reason": result.reason, "seconds": round(rep.duration_s, 3)}
+    rep.details = {
+        "steps": result.table_rows(),
+        "excluded_layers": result.excluded_layers,
+        "sensitivity": result.sensitivity,
+        "notes": result.notes,
+        "timings_s": result.timings_s,
+        "files": [QDQ_FILE, RANGES_FILE, TABLE_JSON, TABLE_MD],
+    }
+    rep.write(report.path)

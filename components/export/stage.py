@@ -1,0 +1,79 @@
+"""Export stage: artifacts in and out around :func:`components.export.onnx_export.export_onnx`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.common.config import ExportConfig, ModelConfig, parse_section
+from components.common.data import load_dataset
+from components.common.errors import ModelIntakeError
+from components.common.signature import ModelSignature
+from components.common.stage import StageReport, log_metrics, timed
+from components.export.onnx_export import ONNX_FILE, ExportResult, export_onnx, export_parts
+
+
+def run(
+    source_model: Any,
+    eval_data: Any,
+    model: dict[str, Any],
+    export: dict[str, Any],
+    onnx_model: Any,
+    metrics: Any,
+    report: Any,
+) -> None:
+    """Export the intake's model (and any parts) into the ``onnx_model`` directory, checked for parity."""
+    model_cfg = parse_section(ModelConfig, model, "model")
+    export_cfg = parse_section(ExportConfig, export, "export")
+    meta = source_model.metadata
+    for key in ("format", "file", "signature"):
+        if key not in meta:
+            raise ModelIntakeError(
+                f"source_model artifact lacks metadata {key!r}; it must come from the intake stage"
+            )
+    signature = ModelSignature.from_dict(meta["signature"])
+    source = Path(source_model.path) / str(meta["file"])
+    out_dir = Path(onnx_model.path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rep = StageReport("export")
+    with timed(rep):
+        evaluation = load_dataset(eval_data.path, signature, what="data.eval_uri", min_samples=1)
+        result = export_onnx(
+            source, str(meta["format"]), signature, out_dir / ONNX_FILE, export_cfg, evaluation.inputs
+        )
+        parts: dict[str, ExportResult] = {}
+        if model_cfg.parts:
+            with tempfile.TemporaryDirectory(prefix="vx-parts-") as tmp:
+                parts = export_parts(model_cfg.parts, out_dir, export_cfg, tmp)
+    onnx_model.metadata.update(result.to_metadata())
+    onnx_model.metadata.update({"name": model_cfg.name, "task": model_cfg.task})
+    if parts:
+        onnx_model.metadata["parts"] = {
+            name: {**r.to_metadata(), "file": f"{name}/{ONNX_FILE}"} for name, r in parts.items()
+        }
+    figures = {f"parity_{k}": v for k, v in result.parity_summary().items()}
+    figures.update({"opset": result.opset, "export_seconds": round(rep.duration_s, 3), "parts": len(parts)})
+    log_metrics(metrics, figures)
+    rep.summary = {
+        "file": ONNX_FILE,
+        "opset": result.opset,
+        "sha256": result.sha256,
+        "exported": result.exported,
+        "parity_reference": result.parity_reference,
+        "parity_samples": result.parity_samples,
+        **figures,
+    }
+    rep.details = {
+        "signature": result.signature.to_dict(),
+        "parity": [c.to_dict() for c in result.parity],
+        "parts": {
+            name: {**r.to_metadata(), "parity_outputs": [c.to_dict() for c in r.parity]}
+            for name, r in parts.items()
+        },
+        "seconds": {
+            "main": round(result.duration_s, 3),
+            **{n: round(r.duration_s, 3) for n, r in parts.items()},
+        },
+    }
+    rep.write(report.path)
