@@ -42,6 +42,34 @@ def preflight(config: RunConfig) -> None:
         intake(config.model, config.data, tmp)
 
 
+def _enable_task_output_conditions() -> None:
+    """Let kfp.local evaluate ``dsl.If`` conditions on task outputs.
+
+    kfp.local 2.17 resolves a condition's operands only among the enclosing DAG's inputs, so a
+    condition on a task output (``intake.outputs["proceed"] == True``) is always false locally,
+    while Vertex AI evaluates it correctly. This wraps its resolver to fall back to the task
+    outputs it already holds (channel ``pipelinechannel--<task>-<output>``). Local runs only.
+    """
+    from kfp.local.orchestrator import enhanced_dag_orchestrator as dag
+
+    evaluator = dag.ConditionEvaluator
+    if getattr(evaluator, "_vxdeploy_task_outputs", False):
+        return
+    original = evaluator._resolve_pipeline_channel
+
+    def resolve(channel_ref: str, io_store: Any) -> Any:
+        task, _, output = channel_ref.removeprefix("pipelinechannel--").rpartition("-")
+        if task:
+            try:
+                return io_store.get_task_output(task, output)
+            except Exception:  # not a task output: let kfp resolve it as an input
+                pass
+        return original(channel_ref, io_store)
+
+    evaluator._resolve_pipeline_channel = staticmethod(resolve)  # type: ignore[method-assign]
+    evaluator._vxdeploy_task_outputs = True  # type: ignore[attr-defined]
+
+
 def run_local(
     config: RunConfig,
     workdir: str | Path,
@@ -63,6 +91,7 @@ def run_local(
     if not skip_preflight:
         preflight(config)
     pipeline_root = work / "pipeline_root"
+    _enable_task_output_conditions()
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True
     )

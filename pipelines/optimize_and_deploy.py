@@ -73,81 +73,86 @@ def optimize_and_deploy(
         intake = intake_model(model=model, data=data, deployment=deployment)
         intake.set_display_name("Model and data intake").set_caching_options(False)
 
-        exported = export_onnx(
-            source_model=intake.outputs["source_model"],
-            eval_data=intake.outputs["eval_data"],
-            model=model,
-            export=export,
-        ).set_display_name("Export to ONNX")
+        with dsl.If(intake.outputs["proceed"] == True, name="model-not-yet-deployed"):  # noqa: E712
+            exported = export_onnx(
+                source_model=intake.outputs["source_model"],
+                eval_data=intake.outputs["eval_data"],
+                model=model,
+                export=export,
+            ).set_display_name("Export to ONNX")
 
-        calibrated = calibrate_int8(
-            onnx_model=exported.outputs["onnx_model"],
-            calibration_data=intake.outputs["calibration_data"],
-            eval_data=intake.outputs["eval_data"],
-            data=data,
-            quantization=quantization,
-            selection=selection,
-        ).set_display_name("INT8 calibration (Q/DQ)")
+            calibrated = calibrate_int8(
+                onnx_model=exported.outputs["onnx_model"],
+                calibration_data=intake.outputs["calibration_data"],
+                eval_data=intake.outputs["eval_data"],
+                data=data,
+                quantization=quantization,
+                selection=selection,
+            ).set_display_name("INT8 calibration (Q/DQ)")
 
-        compiled = compile_candidates(
-            source_model=intake.outputs["source_model"],
-            onnx_model=exported.outputs["onnx_model"],
-            qdq_model=calibrated.outputs["qdq_model"],
-            compilation=compilation,
-        ).set_display_name("Compile candidates")
-        compiled.set_accelerator_type(build_accelerator_type).set_accelerator_limit(build_accelerator_count)
+            compiled = compile_candidates(
+                source_model=intake.outputs["source_model"],
+                onnx_model=exported.outputs["onnx_model"],
+                qdq_model=calibrated.outputs["qdq_model"],
+                compilation=compilation,
+            ).set_display_name("Compile candidates")
+            compiled.set_accelerator_type(build_accelerator_type).set_accelerator_limit(
+                build_accelerator_count
+            )
 
-        selected = select_candidate(
-            candidates=compiled.outputs["candidates"],
-            source_model=intake.outputs["source_model"],
-            eval_data=intake.outputs["eval_data"],
-            selection=selection,
-            service_levels=service_levels,
-            deployment=deployment,
-        ).set_display_name("Validate and select")
-        selected.set_accelerator_type(build_accelerator_type).set_accelerator_limit(build_accelerator_count)
+            selected = select_candidate(
+                candidates=compiled.outputs["candidates"],
+                source_model=intake.outputs["source_model"],
+                eval_data=intake.outputs["eval_data"],
+                selection=selection,
+                service_levels=service_levels,
+                deployment=deployment,
+            ).set_display_name("Validate and select")
+            selected.set_accelerator_type(build_accelerator_type).set_accelerator_limit(
+                build_accelerator_count
+            )
 
-        packaged = package_triton_repository(
-            selected_model=selected.outputs["selected_model"],
-            model=model,
-            triton=triton,
-            deployment=deployment,
-        ).set_display_name("Package Triton repository")
+            packaged = package_triton_repository(
+                selected_model=selected.outputs["selected_model"],
+                model=model,
+                triton=triton,
+                deployment=deployment,
+            ).set_display_name("Package Triton repository")
 
-        checked = serve_check(
-            triton_repository=packaged.outputs["triton_repository"],
-            source_model=intake.outputs["source_model"],
-            eval_data=intake.outputs["eval_data"],
-            triton=triton,
-        ).set_display_name("Serve check (Triton)")
+            checked = serve_check(
+                triton_repository=packaged.outputs["triton_repository"],
+                source_model=intake.outputs["source_model"],
+                eval_data=intake.outputs["eval_data"],
+                triton=triton,
+            ).set_display_name("Serve check (Triton)")
 
-        with dsl.If(intake.outputs["deploy"] == True, name="deploy-enabled"):  # noqa: E712
-            deployed = (
-                deploy_to_endpoint(
-                    triton_repository=packaged.outputs["triton_repository"],
+            with dsl.If(intake.outputs["deploy"] == True, name="deploy-enabled"):  # noqa: E712
+                deployed = (
+                    deploy_to_endpoint(
+                        triton_repository=packaged.outputs["triton_repository"],
+                        eval_data=intake.outputs["eval_data"],
+                        model=model,
+                        deployment=deployment,
+                        canary=canary,
+                        run_id=run_id,
+                    )
+                    .set_display_name("Deploy to endpoint")
+                    .set_caching_options(False)
+                )
+                deployed.after(checked)
+
+                run_canary(
+                    vertex_endpoint=deployed.outputs["vertex_endpoint"],
+                    vertex_model=deployed.outputs["vertex_model"],
                     eval_data=intake.outputs["eval_data"],
-                    model=model,
+                    deployed_model_id=deployed.outputs["deployed_model_id"],
                     deployment=deployment,
                     canary=canary,
                     run_id=run_id,
-                )
-                .set_display_name("Deploy to endpoint")
-                .set_caching_options(False)
-            )
-            deployed.after(checked)
+                ).set_display_name("Canary rollout").set_caching_options(False)
 
-            run_canary(
-                vertex_endpoint=deployed.outputs["vertex_endpoint"],
-                vertex_model=deployed.outputs["vertex_model"],
-                eval_data=intake.outputs["eval_data"],
-                deployed_model_id=deployed.outputs["deployed_model_id"],
-                deployment=deployment,
-                canary=canary,
-                run_id=run_id,
-            ).set_display_name("Canary rollout").set_caching_options(False)
-
-            setup_monitoring(
-                vertex_endpoint=deployed.outputs["vertex_endpoint"],
-                deployment=deployment,
-                monitoring=monitoring,
-            ).set_display_name("Monitoring setup").set_caching_options(False)
+                setup_monitoring(
+                    vertex_endpoint=deployed.outputs["vertex_endpoint"],
+                    deployment=deployment,
+                    monitoring=monitoring,
+                ).set_display_name("Monitoring setup").set_caching_options(False)

@@ -17,7 +17,7 @@ def intake_model(
     calibration_data: Output[Dataset],
     eval_data: Output[Dataset],
     report: Output[Artifact],
-) -> NamedTuple("Outputs", [("deploy", bool)]):  # type: ignore[valid-type]  # noqa: UP014
+) -> NamedTuple("Outputs", [("proceed", bool), ("deploy", bool)]):  # type: ignore[valid-type]  # noqa: UP014
     """Resolves the model and data, reads the model's signature and checks the data against it.
 
     Args:
@@ -30,6 +30,7 @@ def intake_model(
         report: This stage's JSON report.
 
     Returns:
+        proceed: False when the run has nothing to do (its Model Registry version already serves).
         deploy: True when the cloud stages (deploy, canary, monitoring) should run.
     """
     from components.intake import stage

@@ -136,14 +136,16 @@ def resolve(uri: str, dest_dir: Path, *, what: str, api_endpoint: str | None = N
     return localize(uri, dest_dir, what=what)
 
 
-def intake(model_cfg: ModelConfig, data_cfg: DataConfig, workdir: str | Path) -> IntakeResult:
+def intake(
+    model_cfg: ModelConfig, data_cfg: DataConfig, workdir: str | Path, *, api_endpoint: str | None = None
+) -> IntakeResult:
     """Resolve, read and check the model and both datasets.
 
     Raises:
         UserError: when the model cannot be read or the data does not fit it.
     """
     work = Path(workdir)
-    model_path = resolve(model_cfg.uri, work / "model", what="model.uri")
+    model_path = resolve(model_cfg.uri, work / "model", what="model.uri", api_endpoint=api_endpoint)
     fmt = detect_format(model_path, model_cfg.format)
     sig = read_signature(model_path, fmt, model_cfg)
     calib_path = resolve(data_cfg.calibration_uri, work / "data", what="data.calibration_uri")

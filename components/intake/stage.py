@@ -6,12 +6,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from components.common import registry
 from components.common.config import DataConfig, DeploymentConfig, ModelConfig, parse_section
 from components.common.stage import StageReport, timed
 from components.intake.intake import intake, store_model
 
 
 class IntakeOutputs(NamedTuple):
+    proceed: bool
     deploy: bool
 
 
@@ -28,8 +30,16 @@ def run(
     data_cfg = parse_section(DataConfig, data, "data")
     deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
     rep = StageReport("intake")
+    api_endpoint = deploy_cfg.api_endpoint or None
+    noop_reason = registry.already_deployed_reason(model_cfg, deploy_cfg)
+    if noop_reason:
+        # A scheduled run whose model version already serves: end early, say why.
+        rep.status, rep.reason = "skipped", noop_reason
+        rep.summary = {"model_uri": model_cfg.uri, "deploy": False, "proceed": False}
+        rep.write(report.path)
+        return IntakeOutputs(proceed=False, deploy=False)
     with timed(rep), tempfile.TemporaryDirectory() as tmp:
-        result = intake(model_cfg, data_cfg, tmp)
+        result = intake(model_cfg, data_cfg, tmp, api_endpoint=api_endpoint)
         Path(source_model.path).mkdir(parents=True, exist_ok=True)
         stored = store_model(result, source_model.path)
         result.calibration.save(calibration_data.path)
@@ -56,5 +66,9 @@ def run(
         "deploy": deploy_cfg.enabled,
     }
     rep.details = {"signature": result.signature.to_dict()}
+    if registry.is_registry_uri(model_cfg.uri):
+        version = registry.get_registry_model_version(model_cfg.uri, api_endpoint=api_endpoint)
+        source_model.metadata["source_labels"] = registry.source_model_labels(version)
+        rep.summary["registry_version"] = version.versioned_name
     rep.write(report.path)
-    return IntakeOutputs(deploy=deploy_cfg.enabled)
+    return IntakeOutputs(proceed=True, deploy=deploy_cfg.enabled)
