@@ -15,7 +15,7 @@ def package_triton_repository(
     triton_repository: Output[Model],
     report: Output[Artifact],
 ) -> None:
-    """Writes a Triton model repository for the selected candidate, config.pbtxt built through Triton's protobuf.
+    """Writes a Triton model repository for the selected candidate; config.pbtxt via Triton's protobuf.
 
     Args:
         selected_model: The selected candidate.

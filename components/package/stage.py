@@ -1,0 +1,230 @@
+"""Package and serve-check stages: KFP artifacts in and out around the packaging functions.
+
+``run_package`` turns the ``selected_model`` artifact into a Triton repository artifact with
+its manifest and Vertex AI container spec; ``run_serve_check`` serves that repository with a
+real Triton and compares it with the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from components.common.config import DeploymentConfig, ModelConfig, TritonConfig, parse_section
+from components.common.data import load_dataset
+from components.common.errors import ModelIntakeError, ParityError
+from components.common.signature import ModelSignature
+from components.common.stage import StageReport, log_metrics, timed
+from components.package.manifest import MANIFEST_FILE, verify_manifest
+from components.package.model_config import CONFIG_FILE, config_text
+from components.package.repository import (
+    MODEL_REPOSITORY_DIR,
+    TritonRepository,
+    check_engine_batch,
+    package_triton_repository,
+    resolve_instance_kind,
+)
+from components.package.serve_check import ServeCheckUnavailable, check_served_repository, reference_outputs
+from components.package.tritonserver import TritonStartError
+from components.package.vertex import vertex_serving_container
+
+# Engine facts the selection stage records; carried to the repository so deployment can
+# check the serving GPU and TensorRT against them.
+_PASSTHROUGH_KEYS = ("precision", "device", "engine", "gpu_name", "compute_capability", "versions")
+
+
+def _selected(selected_model: Any) -> tuple[Path, str, ModelSignature, dict[str, Any]]:
+    metadata = dict(selected_model.metadata or {})
+    missing = [k for k in ("kind", "file", "signature") if k not in metadata]
+    if missing:
+        raise ModelIntakeError(
+            f"selected_model metadata lacks {missing}; "
+            "the selection stage must record kind, file and signature"
+        )
+    model_file = Path(selected_model.path) / str(metadata["file"])
+    if not model_file.is_file():
+        raise ModelIntakeError(f"selected_model file {str(model_file)!r} does not exist")
+    return model_file, str(metadata["kind"]), ModelSignature.from_dict(metadata["signature"]), metadata
+
+
+def repository_metadata(
+    repository: TritonRepository, container: dict[str, Any], selected: dict[str, Any]
+) -> dict[str, Any]:
+    """What the ``triton_repository`` artifact carries for deployment."""
+    default = repository.configs[repository.default_model]
+    metadata: dict[str, Any] = {
+        "model_name": repository.default_model,
+        "models": list(repository.models),
+        "kind": repository.kinds[repository.default_model],
+        "model_repository": MODEL_REPOSITORY_DIR,
+        "manifest": MANIFEST_FILE,
+        "manifest_sha256": repository.manifest_sha256,
+        "files": len(repository.manifest["files"]),
+        "total_bytes": repository.total_bytes,
+        "max_batch_size": int(default.max_batch_size),
+        "instance_kind": _kind_name(default.instance_group[0].kind) if default.instance_group else "",
+        "serving_container": container,
+    }
+    metadata.update({k: selected[k] for k in _PASSTHROUGH_KEYS if k in selected})
+    return metadata
+
+
+def _kind_name(kind: int) -> str:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return str(mc.ModelInstanceGroup.Kind.Name(kind))
+
+
+def run_package(
+    selected_model: Any,
+    model: dict[str, Any],
+    triton: dict[str, Any],
+    deployment: dict[str, Any],
+    triton_repository: Any,
+    report: Any,
+) -> None:
+    """The ``package_triton_repository`` component's body."""
+    model_cfg = parse_section(ModelConfig, model, "model")
+    triton_cfg = parse_section(TritonConfig, triton, "triton")
+    deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
+    rep = StageReport("package")
+    with timed(rep):
+        model_file, kind, signature, selected = _selected(selected_model)
+        device = str(selected.get("device", ""))
+        if kind.startswith("tensorrt"):
+            check_engine_batch(dict(selected.get("engine") or {}), triton_cfg)
+        instance_kind = resolve_instance_kind(triton_cfg, deploy_cfg)
+        if kind == "aoti" and device == "cpu" and triton_cfg.instance_kind == "auto":
+            # A CPU-compiled AOTI package runs on the CPU even on a GPU machine: say so in the config.
+            instance_kind = "KIND_CPU"
+        repository = package_triton_repository(
+            model_file,
+            kind,
+            signature,
+            model_name=model_cfg.name,
+            triton=triton_cfg,
+            instance_kind=instance_kind,
+            out_dir=triton_repository.path,
+            device=device if kind == "aoti" else "",
+        )
+        container = vertex_serving_container(repository, triton_cfg)
+    triton_repository.metadata.update(repository_metadata(repository, container, selected))
+    config = repository.configs[repository.default_model]
+    rep.summary = {
+        "repository_path": str(repository.root),
+        "model_name": repository.default_model,
+        "kind": kind,
+        "backend": config.platform or config.backend,
+        "instance_kind": instance_kind,
+        "max_batch_size": int(config.max_batch_size),
+        "files": len(repository.manifest["files"]),
+        "total_bytes": repository.total_bytes,
+        "manifest_sha256": repository.manifest_sha256,
+        "serving_image": container["image_uri"],
+    }
+    rep.details = {
+        "configs": {name: config_text(c) for name, c in repository.configs.items()},
+        "manifest": repository.manifest,
+        "serving_container": container,
+        "notes": (
+            [
+                f"model.parts has {len(model_cfg.parts)} parts: the pipeline packages the selected "
+                "candidate only; multi-part repositories come from "
+                "components.package.ensemble.package_ensemble"
+            ]
+            if model_cfg.parts
+            else []
+        ),
+    }
+    rep.write(report.path)
+
+
+def run_serve_check(
+    triton_repository: Any,
+    source_model: Any,
+    eval_data: Any,
+    triton: dict[str, Any],
+    metrics: Any,
+    report: Any,
+) -> None:
+    """The ``serve_check`` component's body.
+
+    The report says ``skipped`` with the reason when the check cannot run here, ``failed``
+    (and the task fails) when Triton's answers disagree with the reference.
+
+    Raises:
+        ParityError: when the served answers disagree with the reference or requests fail.
+    """
+    triton_cfg = parse_section(TritonConfig, triton, "triton")
+    rep = StageReport("serve_check")
+    if not triton_cfg.serve_check:
+        rep.status, rep.reason = "skipped", "triton.serve_check is false"
+        rep.write(report.path)
+        return
+    with timed(rep):
+        root = Path(triton_repository.path)
+        verify_manifest(root)
+        repo_meta = dict(triton_repository.metadata or {})
+        model_name = str(repo_meta.get("model_name") or _only_model(root))
+        source_meta = dict(source_model.metadata or {})
+        signature = ModelSignature.from_dict(source_meta["signature"])
+        dataset = load_dataset(eval_data.path, signature, what="eval_data")
+        samples = dataset.take(min(len(dataset), triton_cfg.serve_check_requests))
+        reference = reference_outputs(
+            Path(source_model.path) / str(source_meta["file"]),
+            str(source_meta.get("format", "torch_export")),
+            signature,
+            samples.inputs,
+        )
+        precision = str(repo_meta.get("precision") or _precision_of(str(repo_meta.get("kind", ""))))
+        try:
+            result = check_served_repository(
+                root, samples, reference, triton=triton_cfg, model=model_name, fp32=precision == "fp32"
+            )
+        except ServeCheckUnavailable as exc:
+            rep.status, rep.reason = "skipped", f"serve check not run: {exc}"
+            result = None
+        except TritonStartError as exc:
+            rep.status, rep.reason = "failed", str(exc).splitlines()[0]
+            rep.details = {"server_log_tail": str(exc)}
+            rep.write(report.path)
+            raise
+    if result is None:
+        rep.write(report.path)
+        return
+    rep.summary = result.summary()
+    rep.details = {
+        "substitutions": result.substitutions,
+        "errors": result.errors,
+        "precision": precision,
+        "reason": result.reason,
+        "config": (root / MODEL_REPOSITORY_DIR / model_name / CONFIG_FILE).read_text(),
+    }
+    figures = {k: v for k, v in result.summary().items() if isinstance(v, (int, float))}
+    log_metrics(metrics, {k: v for k, v in figures.items() if not (isinstance(v, float) and math.isnan(v))})
+    if not result.passed:
+        rep.status, rep.reason = "failed", result.reason
+        rep.write(report.path)
+        raise ParityError(f"serve check of {model_name!r} failed: {result.reason}")
+    rep.reason = (
+        "" if result.batching_observed else "no request was batched with another (executions == requests)"
+    )
+    rep.write(report.path)
+
+
+def _precision_of(kind: str) -> str:
+    for precision in ("int8", "fp16", "fp32"):
+        if kind.endswith(precision):
+            return precision
+    return "fp32"
+
+
+def _only_model(root: Path) -> str:
+    models = sorted(p.name for p in (root / MODEL_REPOSITORY_DIR).iterdir() if p.is_dir())
+    if len(models) != 1:
+        raise ModelIntakeError(
+            f"triton_repository metadata names no model_name and the repository holds {models}; "
+            "package it with run_package"
+        )
+    return models[0]

@@ -1,0 +1,1 @@
+"""Python-backend ``model.py`` files copied verbatim into Triton model repositories."""
