@@ -25,7 +25,9 @@ def run_canary(
     A smoke test first sends sample requests to the new deployed model directly. At each step
     (default 10, 25, 50, 100 percent) error rate and p99 latency of canary and baseline are
     compared with absolute limits and with each other; no data is not a pass. Passing every
-    step promotes the version (alias 'production'); failing rolls traffic back to the serving model.
+    step promotes the version (aliases 'production' and 'default'); more failed analyses than the
+    failure limit roll traffic back to the serving model, undeploy the canary and fail the task
+    (after the report, Metrics and step table are written).
 
     Args:
         vertex_endpoint: The endpoint.
@@ -42,8 +44,16 @@ def run_canary(
     from components.canary import stage
 
     stage.run(
-        vertex_endpoint, vertex_model, eval_data, deployed_model_id, deployment, canary, run_id,
-        metrics, table, report,
+        vertex_endpoint,
+        vertex_model,
+        eval_data,
+        deployed_model_id,
+        deployment,
+        canary,
+        run_id,
+        metrics,
+        table,
+        report,
     )
 
 

@@ -382,7 +382,7 @@ class DeploymentConfig(_Section):
     accept_spot_preemption: bool = False
     network: str = Field(
         default="",
-        description="VPC network for a peered private endpoint: projects/PROJECT_NUMBER/global/networks/NAME.",
+        description="VPC network of a peered private endpoint: projects/PROJECT_NUMBER/global/networks/NAME",
     )
     private_service_connect_projects: list[str] = Field(
         default_factory=list, description="Projects allowed to reach a Private Service Connect endpoint."
@@ -421,7 +421,8 @@ class DeploymentConfig(_Section):
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         if self.accelerator_type and self.accelerator_type not in GPU_ACCELERATORS:
             raise ValueError(
-                f"accelerator_type {self.accelerator_type!r} is not one of {', '.join(GPU_ACCELERATORS)} (or '')"
+                f"accelerator_type {self.accelerator_type!r} is not one of "
+                f"{', '.join(GPU_ACCELERATORS)} (or '')"
             )
         if self.spot and not self.accept_spot_preemption:
             raise ValueError(
@@ -431,7 +432,8 @@ class DeploymentConfig(_Section):
             raise ValueError(f"staging_bucket {self.staging_bucket!r} must be a gs:// prefix")
         if self.network and self.private_service_connect_projects:
             raise ValueError(
-                "network (VPC peering) and private_service_connect_projects (PSC) exclude each other: choose one"
+                "network (VPC peering) and private_service_connect_projects (PSC) exclude each other: "
+                "choose one"
             )
         if self.network and not _NETWORK_RE.match(self.network):
             raise ValueError(

@@ -50,6 +50,14 @@ class RolloutConflictError(UserError):
     """Another rollout holds the endpoint."""
 
 
+class CanaryRolledBackError(VxdeployError):
+    """The canary failed its smoke test or analysis and traffic went back to the serving model.
+
+    Not a bug and not bad input: the new version did worse than the rules allow, so the run fails
+    after putting traffic back.
+    """
+
+
 class CandidateUnavailable(VxdeployError):
     """A serving candidate cannot be built here (e.g. TensorRT without a GPU).
 

@@ -46,6 +46,14 @@ def deploy_to_endpoint(
     from components.deploy import stage
 
     return stage.run(
-        triton_repository, eval_data, model, deployment, canary, run_id,
-        vertex_model, vertex_endpoint, gcp_resources, report,
+        triton_repository,
+        eval_data,
+        model,
+        deployment,
+        canary,
+        run_id,
+        vertex_model,
+        vertex_endpoint,
+        gcp_resources,
+        report,
     )

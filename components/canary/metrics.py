@@ -1,0 +1,205 @@
+"""Per-deployed-model serving figures for canary analysis, read from Cloud Monitoring.
+
+Vertex AI writes online-prediction metrics on the ``aiplatform.googleapis.com/Endpoint``
+resource, labelled with the deployed model: ``response_count`` (every answer, by response
+code), ``error_count`` and ``prediction_latencies`` (a distribution in milliseconds). A
+:class:`MetricsSource` turns one window of them into :class:`WindowStats`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+RESOURCE_TYPE = "aiplatform.googleapis.com/Endpoint"
+RESPONSE_COUNT = "aiplatform.googleapis.com/prediction/online/response_count"
+ERROR_COUNT = "aiplatform.googleapis.com/prediction/online/error_count"
+PREDICTION_LATENCIES = "aiplatform.googleapis.com/prediction/online/prediction_latencies"
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What one deployed model served in one window.
+
+    Attributes:
+        requests: Responses counted (``response_count``).
+        errors: Errors counted (``error_count``).
+        p99_latency_ms: 99th percentile of ``prediction_latencies``; None without latency data.
+        note: Why figures are missing (a failed query), for the report.
+    """
+
+    requests: int = 0
+    errors: int = 0
+    p99_latency_ms: float | None = None
+    note: str = ""
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "p99_latency_ms": self.p99_latency_ms,
+            **({"note": self.note} if self.note else {}),
+        }
+
+
+class MetricsSource(Protocol):
+    """Where canary analysis reads serving figures from."""
+
+    def window_stats(
+        self, endpoint_id: str, deployed_model_id: str, start: datetime, end: datetime
+    ) -> WindowStats:
+        """Requests, errors and p99 latency of one deployed model between ``start`` and ``end``."""
+        ...
+
+
+def bucket_bounds(options: Any, count: int) -> list[float]:
+    """Upper bounds of the first ``count - 1`` buckets of a Cloud Monitoring ``BucketOptions``.
+
+    The last bucket (overflow) has no upper bound; bucket 0 is the underflow bucket.
+    """
+    kind = options.WhichOneof("options")  # a google.api.Distribution.BucketOptions protobuf
+    if kind == "linear_buckets":
+        lin = options.linear_buckets
+        return [lin.offset + lin.width * i for i in range(count - 1)]
+    if kind == "exponential_buckets":
+        exp = options.exponential_buckets
+        return [exp.scale * exp.growth_factor**i for i in range(count - 1)]
+    if kind == "explicit_buckets":
+        return list(options.explicit_buckets.bounds)[: count - 1]
+    raise ValueError("distribution without bucket options")
+
+
+def percentile_from_buckets(bounds: Sequence[float], counts: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a histogram, interpolating linearly inside the bucket.
+
+    ``bounds`` are the upper bounds of all but the overflow bucket; a quantile in the overflow
+    bucket returns its lower bound (the largest value the histogram can vouch for).
+    """
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    cumulative = 0
+    for i, c in enumerate(counts):
+        if c and cumulative + c >= rank:
+            lower = 0.0 if i == 0 else bounds[i - 1]
+            if i >= len(bounds):
+                return lower
+            upper = bounds[i]
+            return lower + (upper - lower) * max(0.0, rank - cumulative) / c
+        cumulative += c
+    return bounds[-1] if bounds else None
+
+
+def merge_p99(distributions: Iterable[Any]) -> float | None:
+    """p99 of the sum of ``Distribution`` values that share bucket options (else the worst p99)."""
+    merged: dict[tuple[float, ...], list[int]] = {}
+    for dist in distributions:
+        counts = [int(c) for c in dist.bucket_counts]
+        if not counts or sum(counts) == 0:
+            continue
+        bounds = tuple(bucket_bounds(dist.bucket_options, len(counts)))
+        acc = merged.setdefault(bounds, [0] * len(counts))
+        if len(acc) < len(counts):
+            acc.extend([0] * (len(counts) - len(acc)))
+        for i, c in enumerate(counts):
+            acc[i] += c
+    p99s = [p for b, c in merged.items() if (p := percentile_from_buckets(b, c, 0.99)) is not None]
+    return max(p99s) if p99s else None
+
+
+class CloudMonitoringMetricsSource:
+    """Reads the Vertex AI prediction metrics with ``MetricServiceClient.list_time_series``.
+
+    Args:
+        project: The project whose metrics to read.
+        client: A ``monitoring_v3.MetricServiceClient``; default: one for ``api_endpoint``.
+        api_endpoint: ``host:port`` override (a loopback fake is reached without TLS).
+    """
+
+    def __init__(self, project: str, client: Any = None, api_endpoint: str = "") -> None:
+        self.project = project
+        self.client = client if client is not None else metric_client(api_endpoint)
+
+    def _series(
+        self, metric_type: str, endpoint_id: str, deployed_model_id: str, start: datetime, end: datetime
+    ) -> list[Any]:
+        from google.cloud import monitoring_v3
+
+        filter_ = (
+            f'metric.type = "{metric_type}" AND resource.type = "{RESOURCE_TYPE}" '
+            f'AND resource.labels.endpoint_id = "{endpoint_id}" '
+            f'AND metric.labels.deployed_model_id = "{deployed_model_id}"'
+        )
+        request = monitoring_v3.ListTimeSeriesRequest(
+            name=f"projects/{self.project}",
+            filter=filter_,
+            interval=monitoring_v3.TimeInterval(start_time=start, end_time=end),
+            view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
+        )
+        return list(self.client.list_time_series(request=request))
+
+    def window_stats(
+        self, endpoint_id: str, deployed_model_id: str, start: datetime, end: datetime
+    ) -> WindowStats:
+        requests = _sum_counts(self._series(RESPONSE_COUNT, endpoint_id, deployed_model_id, start, end))
+        errors = _sum_counts(self._series(ERROR_COUNT, endpoint_id, deployed_model_id, start, end))
+        latency_series = self._series(PREDICTION_LATENCIES, endpoint_id, deployed_model_id, start, end)
+        # Vertex AI splits latency by latency_type (total, model, overhead); the canary cares about total.
+        total = [s for s in latency_series if s.metric.labels.get("latency_type", "total") == "total"]
+        p99 = merge_p99(p.value.distribution_value for s in total for p in s.points)
+        return WindowStats(requests=requests, errors=errors, p99_latency_ms=p99)
+
+
+def _sum_counts(series: Iterable[Any]) -> int:
+    total = 0.0
+    for s in series:
+        for point in s.points:
+            value = point.value
+            which = type(value).pb(value).WhichOneof("value")
+            if which == "int64_value":
+                total += value.int64_value
+            elif which == "double_value":
+                total += value.double_value
+    return int(math.floor(total + 0.5))
+
+
+def metric_client(api_endpoint: str = "") -> Any:
+    """A ``MetricServiceClient``; with a loopback ``host:port`` override, over an insecure channel."""
+    from google.cloud import monitoring_v3
+
+    if not api_endpoint:
+        return monitoring_v3.MetricServiceClient()
+    host = api_endpoint.split("://", 1)[-1].rstrip("/")
+    if host.split(":")[0] in ("127.0.0.1", "localhost", "::1", "[::1]"):
+        import grpc
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
+
+        transport = MetricServiceGrpcTransport(
+            channel=grpc.insecure_channel(host), credentials=AnonymousCredentials()
+        )
+        return monitoring_v3.MetricServiceClient(transport=transport)
+    return monitoring_v3.MetricServiceClient(client_options={"api_endpoint": host})
+
+
+def combine(stats: Sequence[WindowStats]) -> WindowStats:
+    """Several deployed models as one: counts add up; the p99 of the busiest one stands for all."""
+    if not stats:
+        return WindowStats()
+    busiest = max(stats, key=lambda s: s.requests)
+    notes = "; ".join(s.note for s in stats if s.note)
+    return WindowStats(
+        requests=sum(s.requests for s in stats),
+        errors=sum(s.errors for s in stats),
+        p99_latency_ms=busiest.p99_latency_ms,
+        note=notes,
+    )

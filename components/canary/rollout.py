@@ -1,0 +1,426 @@
+"""The canary rollout: smoke test, progressive traffic steps with analysis, then promote or roll back.
+
+Every traffic change goes through the rollout lease (one etag-guarded endpoint update that also
+renews the lease), so a run that lost its lease never moves traffic. The split of each step is
+computed from the split recorded when the rollout began: the caller never names baseline ids.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import numpy as np
+from google.api_core import exceptions as gexc
+
+from components.canary.analysis import Analysis, analyse
+from components.canary.metrics import MetricsSource, WindowStats, combine
+from components.canary.smoke import SmokeResult, smoke_test
+from components.common.config import CanaryConfig, DeploymentConfig
+from components.common.errors import CloudOperationError
+from components.deploy.endpoints import apportion, deployed_ids, get_endpoint, serving_split, undeploy_model
+from components.deploy.lease import (
+    RollbackResult,
+    RolloutLease,
+    acquire_lease,
+    read_lease,
+    release_lease,
+    roll_back_rollout,
+    update_lease,
+)
+from components.deploy.model_upload import merge_aliases
+from components.deploy.vertex import VertexApi, resource_id
+
+PROMOTED_ALIASES = ("production", "default")
+
+
+def split_for_step(baseline: Mapping[str, int], canary_id: str, percent: int) -> dict[str, int]:
+    """The traffic split with ``percent`` on the canary and the rest shared as ``baseline`` was.
+
+    Always sums to 100. Without a baseline the canary takes everything.
+    """
+    if not 0 < percent <= 100:
+        raise ValueError(f"canary percent {percent} is outside (0, 100]")
+    rest = {k: v for k, v in baseline.items() if k != canary_id and v > 0}
+    if percent == 100 or not rest:
+        return {canary_id: 100}
+    split = apportion(rest, 100 - percent)
+    split[canary_id] = percent
+    return {k: v for k, v in split.items() if v > 0 or k == canary_id}
+
+
+@dataclass
+class StepRecord:
+    """One analysis of one step."""
+
+    step: int
+    percent: int
+    attempt: int
+    split: dict[str, int]
+    window_start: str
+    window_end: str
+    analysis: Analysis
+    baseline_source: str
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.analysis.passed else "fail"
+
+    def row(self) -> dict[str, Any]:
+        """One row of the step table."""
+        c, b = self.analysis.canary, self.analysis.baseline
+        return {
+            "step": self.step,
+            "canary %": self.percent,
+            "attempt": self.attempt,
+            "canary requests": c.requests,
+            "canary error rate": _fmt(c.error_rate),
+            "canary p99 ms": _fmt(c.p99_latency_ms),
+            "baseline requests": b.requests if b else "",
+            "baseline error rate": _fmt(b.error_rate) if b else "",
+            "baseline p99 ms": _fmt(b.p99_latency_ms) if b else "",
+            "verdict": self.verdict,
+            "reason": "; ".join(self.analysis.failures) or "all checks passed",
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "percent": self.percent,
+            "attempt": self.attempt,
+            "split": self.split,
+            "window": [self.window_start, self.window_end],
+            "baseline_source": self.baseline_source,
+            "verdict": self.verdict,
+            **self.analysis.to_dict(),
+        }
+
+
+def _fmt(value: float | None) -> Any:
+    return "no data" if value is None else round(value, 4)
+
+
+@dataclass
+class CanaryResult:
+    """The outcome of :func:`run_canary`."""
+
+    decision: Literal["promoted", "rolled_back"]
+    reason: str
+    endpoint: str
+    canary_id: str
+    baseline: dict[str, int]
+    smoke: SmokeResult
+    steps: list[StepRecord] = field(default_factory=list)
+    failed_checks: int = 0
+    final_split: dict[str, int] = field(default_factory=dict)
+    aliases: list[str] = field(default_factory=list)
+    undeployed: list[str] = field(default_factory=list)
+    rollback: RollbackResult | None = None
+    decisions: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "reason": self.reason,
+            "endpoint": self.endpoint,
+            "canary_deployed_model_id": self.canary_id,
+            "baseline_split": self.baseline,
+            "smoke_test": self.smoke.to_dict(),
+            "steps": [s.row() for s in self.steps],
+            "analyses": [s.to_dict() for s in self.steps],
+            "failed_checks": self.failed_checks,
+            "final_split": self.final_split,
+            "aliases": self.aliases,
+            "undeployed": self.undeployed,
+            "rollback_actions": self.rollback.actions if self.rollback else [],
+            "decisions": self.decisions,
+        }
+
+
+def run_canary(
+    api: VertexApi,
+    endpoint_name: str,
+    canary_id: str,
+    model_version: str,
+    deploy_cfg: DeploymentConfig,
+    cfg: CanaryConfig,
+    run_id: str,
+    *,
+    metrics: MetricsSource,
+    samples: Mapping[str, np.ndarray],
+    predict_path: str,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.time,
+) -> CanaryResult:
+    """Shift traffic to the canary step by step, analysing each step; promote or roll back.
+
+    Args:
+        api: Vertex AI clients.
+        endpoint_name: The endpoint (its rollout lease must be held by ``run_id``).
+        canary_id: The new deployed model (deployed at 0% by the deploy step).
+        model_version: The new model version (``projects/.../models/M@V``), aliased on promotion.
+        deploy_cfg: The deployment section (smoke test route, operation timeout).
+        cfg: Steps, interval, limits, failure limit, grace period, lease time-to-live.
+        run_id: This run.
+        metrics: Where per-deployed-model figures come from.
+        samples: Evaluation inputs for the smoke test.
+        predict_path: The container's inference path for the smoke test.
+        sleep: How to wait (tests pass a no-op).
+        now: The clock.
+
+    Raises:
+        RolloutConflictError: this run does not hold the endpoint's lease.
+    """
+    already = _already_promoted(api, endpoint_name, canary_id, run_id)
+    if already is not None:
+        return already
+    endpoint, lease = update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s, canary_id=canary_id)
+    if canary_id not in deployed_ids(endpoint):
+        raise CloudOperationError(
+            f"deployed model {canary_id} is not on endpoint {endpoint_name} (deployed: "
+            f"{deployed_ids(endpoint)}); "
+            "the deploy step must run first"
+        )
+    present = set(deployed_ids(endpoint))
+    baseline = {k: v for k, v in lease.previous_split.items() if k != canary_id and k in present and v > 0}
+    result = CanaryResult("promoted", "", endpoint_name, canary_id, baseline, SmokeResult("none"))
+    deployed = next(dm for dm in endpoint.deployed_models if str(dm.id) == canary_id)
+    result.smoke = smoke_test(
+        api,
+        endpoint,
+        deployed,
+        route=deploy_cfg.resolved_smoke_test_route,
+        predict_path=predict_path,
+        samples=samples,
+        count=cfg.smoke_requests,
+        timeout_s=cfg.smoke_timeout_s,
+    )
+    if not result.smoke.passed:
+        reason = (
+            f"smoke test failed ({result.smoke.succeeded}/{result.smoke.requests} requests answered): "
+            + ("; ".join(result.smoke.failures[:3]))
+        )
+        return _roll_back(api, result, lease, deploy_cfg, cfg, run_id, reason)
+    if result.smoke.skipped_reason:
+        result.decisions.append(f"smoke test skipped: {result.smoke.skipped_reason}")
+    else:
+        result.decisions.append(
+            f"smoke test passed: {result.smoke.succeeded}/{result.smoke.requests} requests"
+        )
+
+    steps = list(cfg.steps) if baseline else [100]
+    if not baseline:
+        result.decisions.append(
+            "no model served before this rollout: the canary takes 100% at once, "
+            "checked against the absolute limits only"
+        )
+    endpoint_id = resource_id(endpoint_name)
+    last_baseline: WindowStats | None = None
+    for index, percent in enumerate(steps, start=1):
+        split = split_for_step(baseline, canary_id, percent)
+        endpoint, lease = update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s, traffic_split=split)
+        result.decisions.append(f"step {index}: traffic split {split}")
+        window_start = now()
+        attempt = 0
+        while True:
+            attempt += 1
+            sleep(cfg.interval_s)
+            end = now()
+            start = end - cfg.analysis_window_s if cfg.analysis_window_s else window_start
+            canary_stats = _stats(metrics, endpoint_id, canary_id, start, end)
+            live = [k for k in split if k != canary_id]
+            if live:
+                baseline_stats: WindowStats | None = combine(
+                    [_stats(metrics, endpoint_id, k, start, end) for k in live]
+                )
+                source = "baseline, same window"
+            else:
+                baseline_stats, source = last_baseline, "baseline, its last window with traffic"
+            analysis = analyse(canary_stats, baseline_stats, cfg, baseline_label=source.split(",")[0])
+            record = StepRecord(index, percent, attempt, split, _iso(start), _iso(end), analysis, source)
+            result.steps.append(record)
+            if analysis.passed:
+                if live:
+                    last_baseline = baseline_stats
+                result.decisions.append(f"step {index} ({percent}%): pass")
+                break
+            result.failed_checks += 1
+            failure = f"step {index} ({percent}%) attempt {attempt}: " + "; ".join(analysis.failures)
+            result.decisions.append(
+                f"{failure} [failed analyses {result.failed_checks}, limit {cfg.failure_limit}]"
+            )
+            if result.failed_checks > cfg.failure_limit:
+                return _roll_back(api, result, lease, deploy_cfg, cfg, run_id, failure)
+            window_start = now()  # hold the step and analyse a fresh window
+            update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s)
+    return _promote(api, result, model_version, deploy_cfg, cfg, run_id, sleep)
+
+
+def _already_promoted(api: VertexApi, endpoint_name: str, canary_id: str, run_id: str) -> CanaryResult | None:
+    """A retried task whose earlier try promoted (canary at 100%, lease released) has nothing to do."""
+    endpoint = get_endpoint(api, endpoint_name)
+    lease = read_lease(endpoint)
+    if (lease is not None and lease.held_by(run_id)) or serving_split(endpoint) != {canary_id: 100}:
+        return None
+    result = CanaryResult(
+        "promoted",
+        "an earlier try of this task promoted the canary",
+        endpoint_name,
+        canary_id,
+        {},
+        SmokeResult("none", skipped_reason="already promoted"),
+        final_split={canary_id: 100},
+    )
+    result.decisions.append(
+        f"{canary_id} already takes 100% and the rollout lease is released: nothing to do"
+    )
+    return result
+
+
+def _stats(metrics: MetricsSource, endpoint_id: str, dm_id: str, start: float, end: float) -> WindowStats:
+    try:
+        return metrics.window_stats(
+            endpoint_id, dm_id, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+        )
+    except gexc.GoogleAPICallError as exc:
+        # A failed query is missing data, and missing data fails the check.
+        return WindowStats(note=f"metrics query failed: {exc}")
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+def _promote(
+    api: VertexApi,
+    result: CanaryResult,
+    model_version: str,
+    deploy_cfg: DeploymentConfig,
+    cfg: CanaryConfig,
+    run_id: str,
+    sleep: Callable[[float], None],
+) -> CanaryResult:
+    endpoint_name = result.endpoint
+    result.aliases = merge_aliases(api, model_version, PROMOTED_ALIASES)
+    result.decisions.append(
+        f"promoted: 100% on {result.canary_id}; {model_version} aliased {', '.join(PROMOTED_ALIASES)}"
+    )
+    old = [k for k in result.baseline if k != result.canary_id]
+    if cfg.undeploy_grace_s is not None and old:
+        result.decisions.append(
+            f"old deployed models {old} undeployed after a {cfg.undeploy_grace_s:g} s grace period"
+        )
+        sleep(cfg.undeploy_grace_s)
+        for dm_id in old:
+            update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s)
+            if undeploy_model(api, endpoint_name, dm_id, timeout_s=deploy_cfg.operation_timeout_s):
+                result.undeployed.append(dm_id)
+    elif old:
+        result.decisions.append(f"old deployed models {old} kept at 0% (canary.undeploy_grace_s is None)")
+    endpoint = release_lease(api, endpoint_name, run_id)
+    result.final_split = serving_split(endpoint)
+    result.reason = (
+        f"all {len(cfg.steps) if result.baseline else 1} step(s) passed with {result.failed_checks} failed "
+        "analyses "
+        f"(limit {cfg.failure_limit})"
+    )
+    return result
+
+
+def _roll_back(
+    api: VertexApi,
+    result: CanaryResult,
+    lease: RolloutLease,
+    deploy_cfg: DeploymentConfig,
+    cfg: CanaryConfig,
+    run_id: str,
+    reason: str,
+) -> CanaryResult:
+    result.decision = "rolled_back"
+    result.reason = reason
+    result.rollback = roll_back_rollout(
+        api,
+        result.endpoint,
+        lease,
+        run_id=run_id,
+        timeout_s=deploy_cfg.operation_timeout_s,
+        ttl_s=cfg.lease_ttl_s,
+        canary_id=result.canary_id,
+    )
+    result.decisions.append(f"rolled back: {reason}; " + "; ".join(result.rollback.actions))
+    result.final_split = serving_split(get_endpoint(api, result.endpoint))
+    return result
+
+
+@dataclass
+class ExitRollback:
+    """What the exit handler found and did."""
+
+    action: Literal["none", "rolled_back"]
+    reason: str
+    endpoint: str = ""
+    rollback: RollbackResult | None = None
+    split_before: dict[str, int] = field(default_factory=dict)
+    split_after: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "endpoint": self.endpoint,
+            "split_before": self.split_before,
+            "split_after": self.split_after,
+            "rollback_actions": self.rollback.actions if self.rollback else [],
+        }
+
+
+def roll_back_failed_run(
+    api: VertexApi,
+    endpoint_name: str,
+    run_id: str,
+    *,
+    run_failed: bool,
+    deploy_cfg: DeploymentConfig,
+    ttl_s: float = 3600.0,
+) -> ExitRollback:
+    """The exit handler's work: undo this run's rollout if the run failed while holding the lease.
+
+    Restores the traffic split recorded before the rollout, undeploys the canary (cancelling its
+    deploy operation if that is still running) and releases the lease. Does nothing when the run
+    succeeded, or when it does not hold the lease (it never started a rollout, or finished it).
+    """
+    try:
+        endpoint = get_endpoint(api, endpoint_name)
+    except gexc.NotFound:
+        return ExitRollback("none", f"endpoint {endpoint_name} does not exist: nothing to roll back")
+    before = serving_split(endpoint)
+    lease = read_lease(endpoint)
+    if not run_failed:
+        return ExitRollback(
+            "none", "the run succeeded", endpoint_name, split_before=before, split_after=before
+        )
+    if lease is None or not lease.held_by(run_id):
+        holder = f"held by {lease.holder!r}" if lease else "not held"
+        return ExitRollback(
+            "none",
+            f"this run holds no rollout lease on the endpoint ({holder}): traffic untouched",
+            endpoint_name,
+            split_before=before,
+            split_after=before,
+        )
+    acquired = acquire_lease(api, endpoint_name, run_id, ttl_s)  # renew it for the time the rollback takes
+    rollback = roll_back_rollout(
+        api,
+        endpoint_name,
+        acquired.lease,
+        run_id=run_id,
+        timeout_s=deploy_cfg.operation_timeout_s,
+        ttl_s=ttl_s,
+    )
+    after = serving_split(get_endpoint(api, endpoint_name))
+    return ExitRollback(
+        "rolled_back", "the run failed during its rollout", endpoint_name, rollback, before, after
+    )

@@ -1,0 +1,174 @@
+"""Canary stage: artifacts around :func:`components.canary.rollout.run_canary`, and the exit handler."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.canary.metrics import CloudMonitoringMetricsSource, MetricsSource
+from components.canary.rollout import CanaryResult, roll_back_failed_run, run_canary
+from components.common.config import CanaryConfig, DeploymentConfig, parse_section
+from components.common.errors import CanaryRolledBackError, InternalError, UserError
+from components.common.stage import StageReport, log_metrics, markdown_table, timed, write_text_atomic
+from components.deploy.endpoints import find_endpoint
+from components.deploy.vertex import VertexApi, connect
+
+LABELS_KEY = "labels"
+FAILED_STATES = ("FAILED", "CANCELLED", "CANCELING", "CANCELED")
+
+
+def load_samples(path: str | Path, labels_key: str = LABELS_KEY) -> dict[str, np.ndarray]:
+    """The evaluation inputs of an ``.npz`` (every array but the labels)."""
+    with np.load(str(path), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files if k != labels_key}
+
+
+def run(
+    vertex_endpoint: Any,
+    vertex_model: Any,
+    eval_data: Any,
+    deployed_model_id: str,
+    deployment: dict[str, Any],
+    canary: dict[str, Any],
+    run_id: str,
+    metrics: Any,
+    table: Any,
+    report: Any,
+    *,
+    api: VertexApi | None = None,
+    metrics_source: MetricsSource | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> CanaryResult:
+    """Run the canary and write its report, Metrics and step table.
+
+    Raises:
+        CanaryRolledBackError: after writing the outputs, when the canary was rolled back, so the run
+            shows the rollout did not go through.
+    """
+    deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
+    canary_cfg = parse_section(CanaryConfig, canary, "canary")
+    endpoint_name = str(vertex_endpoint.metadata.get("resourceName", ""))
+    model_version = str(vertex_model.metadata.get("resourceName", ""))
+    if not endpoint_name or not model_version:
+        raise InternalError(
+            "vertex_endpoint/vertex_model artifacts carry no resourceName metadata; they must come from the "
+            "deploy step"
+        )
+    api = api or connect(deploy_cfg)
+    source = metrics_source or CloudMonitoringMetricsSource(
+        deploy_cfg.project, api_endpoint=canary_cfg.monitoring_endpoint
+    )
+    rep = StageReport("canary")
+    with timed(rep):
+        result = run_canary(
+            api,
+            endpoint_name,
+            deployed_model_id,
+            model_version,
+            deploy_cfg,
+            canary_cfg,
+            run_id,
+            metrics=source,
+            samples=load_samples(eval_data.path),
+            predict_path=str(vertex_model.metadata.get("predictRoute", "")),
+            sleep=sleep,
+        )
+    last = result.steps[-1] if result.steps else None
+    figures: dict[str, Any] = {
+        "promoted": result.decision == "promoted",
+        "rolled_back": result.decision == "rolled_back",
+        "steps_analysed": len(result.steps),
+        "failed_analyses": result.failed_checks,
+        "final_canary_percent": result.final_split.get(result.canary_id, 0),
+        "smoke_requests": result.smoke.requests,
+        "smoke_succeeded": result.smoke.succeeded,
+    }
+    if last is not None:
+        figures.update(
+            {
+                "last_canary_requests": last.analysis.canary.requests,
+                "last_canary_error_rate": last.analysis.canary.error_rate,
+                "last_canary_p99_ms": last.analysis.canary.p99_latency_ms,
+            }
+        )
+        if last.analysis.baseline is not None:
+            figures.update(
+                {
+                    "last_baseline_error_rate": last.analysis.baseline.error_rate,
+                    "last_baseline_p99_ms": last.analysis.baseline.p99_latency_ms,
+                }
+            )
+    log_metrics(metrics, figures)
+    rows = [s.row() for s in result.steps]
+    write_text_atomic(
+        table.path,
+        f"**Canary {result.decision.replace('_', ' ')}**: {result.reason}\n\n"
+        f"Smoke test: {result.smoke.succeeded}/{result.smoke.requests} requests"
+        + (f" (skipped: {result.smoke.skipped_reason})" if result.smoke.skipped_reason else "")
+        + "\n\n"
+        + markdown_table(rows),
+    )
+    rep.status = "succeeded" if result.decision == "promoted" else "failed"
+    rep.reason = result.reason
+    rep.summary = {**figures, "decision": result.decision, "final_split": result.final_split}
+    rep.details = result.to_dict()
+    rep.write(report.path)
+    if result.decision == "rolled_back":
+        raise CanaryRolledBackError(
+            f"canary rolled back on {endpoint_name}: {result.reason}; traffic is back on {result.final_split}"
+        )
+    return result
+
+
+def _state(status: Any) -> str:
+    if status is None:
+        return ""
+    if isinstance(status, dict):
+        return str(status.get("state", ""))
+    return str(getattr(status, "state", ""))
+
+
+def run_rollback(
+    status: Any, deployment: dict[str, Any], run_id: str, report: Any, *, api: VertexApi | None = None
+) -> None:
+    """Exit handler: when the run failed while it held a rollout lease, put traffic back as it was."""
+    deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
+    rep = StageReport("rollback_on_failure")
+    state = _state(status)
+    with timed(rep):
+        if not deploy_cfg.enabled:
+            rep.status, rep.reason = "skipped", "deployment.enabled is false: nothing was deployed"
+        else:
+            api = api or connect(deploy_cfg)
+            try:
+                endpoint = find_endpoint(api, deploy_cfg)
+            except UserError as exc:
+                # An endpoint vxdeploy does not manage was never rolled out to by this run.
+                endpoint, unmanaged = None, str(exc)
+            else:
+                unmanaged = ""
+            if unmanaged:
+                rep.status, rep.reason = "skipped", f"nothing to roll back: {unmanaged}"
+            elif endpoint is None:
+                rep.status, rep.reason = (
+                    "skipped",
+                    f"no endpoint {deploy_cfg.endpoint!r}: nothing to roll back",
+                )
+            else:
+                outcome = roll_back_failed_run(
+                    api,
+                    str(endpoint.name),
+                    run_id,
+                    run_failed=state.upper() in FAILED_STATES,
+                    deploy_cfg=deploy_cfg,
+                )
+                rep.reason = outcome.reason
+                rep.status = "succeeded" if outcome.action == "rolled_back" else "skipped"
+                rep.summary = {"action": outcome.action, "split_after": outcome.split_after}
+                rep.details = outcome.to_dict()
+    rep.summary.setdefault("pipeline_state", state)
+    rep.write(report.path)

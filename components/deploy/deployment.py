@@ -1,0 +1,261 @@
+"""The deploy step end to end: stage the repository, upload a model version, deploy it at 0% traffic.
+
+:func:`deploy_to_endpoint` is what the KFP component and the CLI call. It takes the endpoint's
+rollout lease first, so a second run cannot interleave, and every part is idempotent per run id.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.common.config import CanaryConfig, DeploymentConfig, ModelConfig
+from components.common.errors import CloudOperationError, UserError
+from components.deploy.deploy import DeployOutcome, check_serving_compatibility, deploy_model_version
+from components.deploy.endpoints import EndpointRef, get_or_create_endpoint
+from components.deploy.lease import (
+    LeaseAcquisition,
+    RollbackResult,
+    acquire_lease,
+    release_lease_if_untouched,
+    roll_back_rollout,
+    update_lease,
+)
+from components.deploy.model_upload import (
+    ModelVersion,
+    ServingContainer,
+    repository_checksum,
+    upload_model_version,
+)
+from components.deploy.vertex import OperationTimeoutError, VertexApi, connect, label_value
+
+MODEL_REPOSITORY_DIR = "model_repository"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class DeploymentResult:
+    """Everything the deploy step did, for the stage report and the canary step."""
+
+    endpoint: EndpointRef
+    version: ModelVersion
+    outcome: DeployOutcome
+    lease: LeaseAcquisition
+    container: ServingContainer
+    artifact_uri: str
+    checksum: str
+    invoke_route: bool
+    engine_checks: list[dict[str, str]] = field(default_factory=list)
+    recovered: RollbackResult | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    upload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deployed_model_id(self) -> str:
+        return self.outcome.deployed_model_id
+
+
+def _repository_dirs(repo_dir: Path) -> tuple[Path, Path]:
+    """(packaged root holding the manifest, Triton model repository inside it)."""
+    inner = repo_dir / MODEL_REPOSITORY_DIR
+    return (repo_dir, inner) if inner.is_dir() else (repo_dir, repo_dir)
+
+
+def repository_fingerprint(repo_dir: Path) -> str:
+    """The repository's sha256: its manifest's digest (verified first) when it has one, else its files'."""
+    root, inner = _repository_dirs(repo_dir)
+    if (root / MANIFEST_FILE).is_file():
+        from components.package.manifest import manifest_digest, verify_manifest
+
+        verify_manifest(root)
+        return manifest_digest(root)
+    return repository_checksum(inner)
+
+
+def storage_client(project: str) -> Any:
+    """A Cloud Storage client; anonymous against ``STORAGE_EMULATOR_HOST`` when that is set."""
+    from google.cloud import storage  # type: ignore[attr-defined]
+
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if host:
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(
+            project=project or "vxdeploy",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": host},
+        )
+    return storage.Client(project=project or None)
+
+
+def stage_repository(
+    repo_dir: Path,
+    artifact_uri: str,
+    cfg: DeploymentConfig,
+    model_name: str,
+    *,
+    client: Any = None,
+) -> tuple[str, dict[str, Any]]:
+    """The ``gs://`` URI of the Triton model repository, uploading it when ``staging_bucket`` is set.
+
+    Without a staging bucket the artifact's own ``gs://`` URI is used (Vertex AI Pipelines keeps
+    artifacts in Cloud Storage).
+
+    Raises:
+        UserError: no staging bucket and an artifact that is not in Cloud Storage (a local run).
+    """
+    root, inner = _repository_dirs(repo_dir)
+    if cfg.staging_bucket:
+        from components.package.gcs import upload_repository
+
+        prefix = f"{cfg.staging_bucket.rstrip('/')}/{label_value(model_name)}"
+        result = upload_repository(
+            root, prefix, client=client if client is not None else storage_client(cfg.project)
+        )
+        return result.model_repository_uri, result.to_dict()
+    if artifact_uri.startswith("gs://"):
+        suffix = f"/{MODEL_REPOSITORY_DIR}" if inner != root else ""
+        return f"{artifact_uri.rstrip('/')}{suffix}", {"uri": artifact_uri, "uploaded": []}
+    raise UserError(
+        f"deployment.staging_bucket='': the Triton repository is at {artifact_uri!r}, not in Cloud Storage, "
+        "and Vertex AI can only load models from gs://; set deployment.staging_bucket (e.g. "
+        "gs://my-bucket/vxdeploy)"
+    )
+
+
+def deploy_to_endpoint(
+    repo_dir: str | Path,
+    artifact_uri: str,
+    metadata: Mapping[str, Any],
+    model_cfg: ModelConfig,
+    cfg: DeploymentConfig,
+    canary_cfg: CanaryConfig,
+    run_id: str,
+    *,
+    api: VertexApi | None = None,
+    storage: Any = None,
+    gcp_resources_path: str | Path | None = None,
+) -> DeploymentResult:
+    """Upload the Triton repository as a new model version and deploy it beside the serving one at 0%.
+
+    Args:
+        repo_dir: The packaged repository (``manifest.json`` and ``model_repository/``).
+        artifact_uri: The repository artifact's URI (used when it is already in Cloud Storage).
+        metadata: The repository artifact's metadata (``serving_container``, candidate kinds, engines).
+        model_cfg: The model section (display name).
+        cfg: The deployment section.
+        canary_cfg: The canary section (lease time-to-live).
+        run_id: The pipeline run; labels and the rollout lease carry it, making every step idempotent.
+        api: Vertex AI clients; default: :func:`connect` for ``cfg``.
+        storage: A Cloud Storage client for the upload; default: one for the environment.
+        gcp_resources_path: Where long-running operations are recorded (and resumed from).
+
+    Raises:
+        UserError: bad settings or an engine that does not fit the serving GPU/TensorRT.
+        RolloutConflictError: another run holds the endpoint's rollout lease.
+        CloudOperationError: an operation failed; OperationTimeoutError: one is still running.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    repo_dir = Path(repo_dir)
+    serving_name = str(metadata.get("default_model") or model_cfg.name)
+    container = ServingContainer.from_metadata(metadata.get("serving_container"), serving_name)
+    engine_checks = check_serving_compatibility(metadata, container, cfg)
+    checksum = repository_fingerprint(repo_dir)
+    route = cfg.resolved_smoke_test_route
+    api = api or connect(cfg)
+
+    t = time.perf_counter()
+    gcs_uri, upload_info = stage_repository(repo_dir, artifact_uri, cfg, model_cfg.name, client=storage)
+    timings["stage_repository"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    endpoint = get_or_create_endpoint(api, cfg, gcp_resources_path=gcp_resources_path)
+    invoke_route = route == "invoke"
+    if invoke_route and not endpoint.endpoint.dedicated_endpoint_enabled:
+        raise UserError(
+            f"deployment.smoke_test_route={cfg.smoke_test_route!r}: endpoint {endpoint.name} is not a "
+            "dedicated "
+            "endpoint, and only dedicated endpoints serve the per-model invoke route the smoke test needs; "
+            "use a "
+            "dedicated endpoint, or set deployment.smoke_test_route='none' to deploy without a smoke test"
+        )
+    lease = acquire_lease(api, endpoint.name, run_id, canary_cfg.lease_ttl_s)
+    recovered = None
+    if lease.taken_over is not None and (lease.taken_over.canary_id or lease.taken_over.operation_id):
+        recovered = roll_back_rollout(
+            api,
+            endpoint.name,
+            lease.taken_over,
+            run_id=run_id,
+            timeout_s=cfg.operation_timeout_s,
+            ttl_s=canary_cfg.lease_ttl_s,
+            release=False,
+        )
+    timings["endpoint_and_lease"] = time.perf_counter() - t
+
+    try:
+        t = time.perf_counter()
+        version = upload_model_version(
+            api,
+            display_name=model_cfg.name,
+            artifact_uri=gcs_uri,
+            container=container.to_spec(invoke_route=invoke_route),
+            run_id=run_id,
+            checksum=checksum,
+            parent_model=cfg.parent_model,
+            timeout_s=cfg.operation_timeout_s,
+            gcp_resources_path=gcp_resources_path,
+        )
+        timings["upload_model"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+
+        def record_operation(op_name: str) -> None:
+            update_lease(
+                api, endpoint.name, run_id, canary_cfg.lease_ttl_s, operation_id=op_name.rsplit("/", 1)[-1]
+            )
+
+        outcome = deploy_model_version(
+            api,
+            endpoint.name,
+            version,
+            cfg,
+            pending_operation=lease.lease.operation_id,
+            gcp_resources_path=gcp_resources_path,
+            on_started=record_operation,
+        )
+        update_lease(
+            api,
+            endpoint.name,
+            run_id,
+            canary_cfg.lease_ttl_s,
+            canary_id=outcome.deployed_model_id,
+            operation_id="",
+        )
+        timings["deploy_model"] = time.perf_counter() - t
+    except OperationTimeoutError:
+        raise  # the operation goes on: keep the lease so a retry resumes it (or the exit handler cancels it)
+    except (CloudOperationError, UserError):
+        # Nothing took traffic: give the endpoint back so the next run is not blocked by this one.
+        release_lease_if_untouched(api, endpoint.name, run_id)
+        raise
+    timings["total"] = time.perf_counter() - t0
+    return DeploymentResult(
+        endpoint=endpoint,
+        version=version,
+        outcome=outcome,
+        lease=lease,
+        container=container,
+        artifact_uri=gcs_uri,
+        checksum=checksum,
+        invoke_route=invoke_route,
+        engine_checks=engine_checks,
+        recovered=recovered,
+        timings_s=timings,
+        upload=upload_info,
+    )
