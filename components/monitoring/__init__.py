@@ -1,1 +1,1 @@
-"""monitoring stage."""
+"""Monitoring stage: Cloud Monitoring alert policies, notification channels and dashboard of an endpoint."""

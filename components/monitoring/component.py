@@ -14,15 +14,17 @@ def setup_monitoring(
     monitoring: dict,
     report: Output[Artifact],
 ) -> None:
-    """Creates or updates the endpoint's alert policies, notification channel and dashboard.
+    """Creates or updates the endpoint's alert policies, notification channels and dashboard.
 
-    Matched by display name and a vxdeploy label, so a re-run updates in place and never duplicates.
+    Alerts on p99 latency, error rate and saturation (GPU duty cycle or CPU, replicas at the
+    maximum), per deployed model. Resources carry vxdeploy labels and are matched by them, so a
+    re-run updates in place and never duplicates.
 
     Args:
-        vertex_endpoint: The endpoint to watch.
-        deployment: The deployment section (project).
-        monitoring: The monitoring section (thresholds, channels, e-mails, dashboard).
-        report: What was created or updated.
+        vertex_endpoint: The endpoint to watch (metadata resourceName: projects/P/locations/L/endpoints/ID).
+        deployment: The deployment section (project, accelerator, max replicas).
+        monitoring: The monitoring section (thresholds, channels, e-mails, dashboard, endpoints).
+        report: What was created, updated, found or deleted.
     """
     from components.monitoring import stage
 

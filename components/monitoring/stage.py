@@ -1,0 +1,67 @@
+"""Monitoring stage: KFP artifacts in and out around :func:`reconcile.setup_monitoring`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.common.config import DeploymentConfig, MonitoringConfig, parse_section
+from components.common.stage import StageReport, timed
+from components.monitoring.clients import MonitoringClients
+from components.monitoring.policies import ServingShape
+from components.monitoring.reconcile import MonitoringResult, setup_monitoring
+from components.monitoring.retry import RetryPolicy
+
+
+def run(
+    vertex_endpoint: Any,
+    deployment: dict[str, Any],
+    monitoring: dict[str, Any],
+    report: Any,
+    *,
+    clients: MonitoringClients | None = None,
+    retry: RetryPolicy | None = None,
+) -> MonitoringResult | None:
+    """Set up the endpoint's monitoring and write the stage report (``clients``/``retry`` for tests).
+
+    The ``google.VertexEndpoint`` artifact carries ``resourceName``
+    (``projects/P/locations/L/endpoints/ID``, GCPC's convention), and from vxdeploy's deploy step
+    also ``displayName`` and ``deployedModelId``.
+    """
+    cfg = parse_section(MonitoringConfig, monitoring, "monitoring")
+    deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
+    rep = StageReport("monitoring")
+    if not cfg.enabled:
+        rep.status = "skipped"
+        rep.reason = "monitoring.enabled is false"
+        rep.write(report.path)
+        return None
+    metadata = dict(getattr(vertex_endpoint, "metadata", None) or {})
+    deployed = str(metadata.get("deployedModelId") or "")
+    shape = ServingShape(
+        accelerator_type=deploy_cfg.accelerator_type if deploy_cfg.accelerator_count > 0 else "",
+        max_replicas=deploy_cfg.max_replicas,
+    )
+    with timed(rep):
+        result = setup_monitoring(
+            str(metadata.get("resourceName") or ""),
+            cfg,
+            deploy_cfg.project,
+            shape=shape,
+            deployed_model_ids=[deployed] if deployed else [],
+            endpoint_display_name=str(metadata.get("displayName") or ""),
+            clients=clients,
+            retry=retry,
+        )
+    rep.summary = result.summary()
+    rep.details = {
+        **result.to_dict(),
+        "thresholds": {
+            "p99_latency_ms": cfg.p99_latency_ms,
+            "error_rate": cfg.error_rate,
+            "gpu_duty_cycle_percent": cfg.gpu_duty_cycle if shape.accelerator_type else None,
+            "cpu_utilization_percent": None if shape.accelerator_type else cfg.cpu_utilization,
+            "max_replicas": shape.max_replicas if cfg.replica_saturation else None,
+        },
+    }
+    rep.write(report.path)
+    return result
