@@ -1,0 +1,1 @@
+"""Benchmarks of vxdeploy's serving candidates against PyTorch eager (``make bench``)."""

@@ -150,19 +150,21 @@ def summary_table(report: dict[str, Any]) -> str:
 
 _HEADLINE_KEYS = (
     "format",
-    "max_abs_diff",
-    "cosine",
+    "parity_max_abs_diff",
+    "parity_min_cosine",
     "fp32_accuracy",
     "int8_accuracy",
+    "excluded_layers",
     "built",
-    "skipped",
     "selected",
-    "throughput_rps",
-    "repository_path",
+    "model_name",
+    "kind",
     "requests",
     "executions",
     "p99_ms",
+    "max_abs_diff",
     "decision",
+    "action",
     "endpoint",
 )
 
@@ -171,9 +173,12 @@ def _headline(stage: dict[str, Any]) -> str:
     summ = stage.get("summary") or {}
     parts = []
     for key in _HEADLINE_KEYS:
-        if key in summ and not isinstance(summ[key], (dict, list)):
-            v = summ[key]
-            parts.append(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
+        v = summ.get(key)
+        if v is None or isinstance(v, dict):
+            continue
+        if isinstance(v, list):
+            v = ",".join(str(x) for x in v) or "-"
+        parts.append(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
     return ", ".join(parts[:5])
 
 

@@ -95,6 +95,8 @@ def optimize_and_deploy(
                 onnx_model=exported.outputs["onnx_model"],
                 qdq_model=calibrated.outputs["qdq_model"],
                 compilation=compilation,
+                build_accelerator_type=build_accelerator_type,
+                build_accelerator_count=build_accelerator_count,
             ).set_display_name("Compile candidates")
             compiled.set_accelerator_type(build_accelerator_type).set_accelerator_limit(
                 build_accelerator_count
@@ -107,6 +109,8 @@ def optimize_and_deploy(
                 selection=selection,
                 service_levels=service_levels,
                 deployment=deployment,
+                build_accelerator_type=build_accelerator_type,
+                build_accelerator_count=build_accelerator_count,
             ).set_display_name("Validate and select")
             selected.set_accelerator_type(build_accelerator_type).set_accelerator_limit(
                 build_accelerator_count

@@ -12,6 +12,8 @@ def compile_candidates(
     onnx_model: Input[Model],
     qdq_model: Input[Model],
     compilation: dict,
+    build_accelerator_type: str,
+    build_accelerator_count: int,
     candidates: Output[Artifact],
     metrics: Output[Metrics],
     report: Output[Artifact],
@@ -27,10 +29,22 @@ def compile_candidates(
         onnx_model: The FP32 ONNX model.
         qdq_model: The Q/DQ INT8 ONNX model (metadata 'accepted' tells whether it passed its gate).
         compilation: The compilation section (candidates, profiles, timing cache).
+        build_accelerator_type: The GPU this task was scheduled on ('' for CPU); checked before building.
+        build_accelerator_count: GPUs this task was given.
         candidates: A directory with one folder per candidate and a manifest.json.
         metrics: Candidates built and skipped.
         report: This stage's JSON report.
     """
     from components.compile import stage
 
-    stage.run(source_model, onnx_model, qdq_model, compilation, candidates, metrics, report)
+    stage.run(
+        source_model,
+        onnx_model,
+        qdq_model,
+        compilation,
+        build_accelerator_type,
+        build_accelerator_count,
+        candidates,
+        metrics,
+        report,
+    )

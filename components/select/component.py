@@ -14,6 +14,8 @@ def select_candidate(
     selection: dict,
     service_levels: dict,
     deployment: dict,
+    build_accelerator_type: str,
+    build_accelerator_count: int,
     selected_model: Output[Model],
     benchmark: Output[Artifact],
     metrics: Output[Metrics],
@@ -33,6 +35,8 @@ def select_candidate(
         selection: The selection section (policy, accuracy budget, batch sizes, iterations).
         service_levels: Latency and cost targets.
         deployment: The deployment section (machine and accelerator, for the cost table).
+        build_accelerator_type: The GPU this task was scheduled on ('' for CPU); checked before measuring.
+        build_accelerator_count: GPUs this task was given.
         selected_model: The winning candidate's files; metadata: kind, precision, figures.
         benchmark: Every candidate's figures as JSON.
         metrics: The selected candidate's headline figures.
@@ -42,6 +46,17 @@ def select_candidate(
     from components.select import stage
 
     stage.run(
-        candidates, source_model, eval_data, selection, service_levels, deployment,
-        selected_model, benchmark, metrics, table, report,
+        candidates,
+        source_model,
+        eval_data,
+        selection,
+        service_levels,
+        deployment,
+        build_accelerator_type,
+        build_accelerator_count,
+        selected_model,
+        benchmark,
+        metrics,
+        table,
+        report,
     )

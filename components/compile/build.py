@@ -1,0 +1,283 @@
+"""Build every configured serving candidate into a candidates directory.
+
+Each candidate is built into its own folder (written aside and renamed, so a failed build leaves
+nothing) and listed in ``manifest.json`` with its status: built, skipped with the reason (TensorRT
+without a GPU, INT8 rejected by its gate) or failed with the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from components.common.config import CompilationConfig
+from components.common.errors import CandidateUnavailable, ConfigError
+from components.common.signature import ModelSignature
+from components.common.stage import write_json
+from components.compile import aoti, ort, tensorrt
+from components.compile.candidates import (
+    Candidate,
+    CandidateManifest,
+    candidate_folder,
+    host_info,
+    sha256_file,
+    write_manifest,
+)
+from components.compile.fp16 import convert_onnx_to_fp16
+
+log = logging.getLogger(__name__)
+
+_PRECISION = {
+    "onnxruntime_fp32": "fp32",
+    "onnxruntime_int8": "int8",
+    "tensorrt_fp32": "fp32",
+    "tensorrt_fp16": "fp16",
+    "tensorrt_int8": "int8",
+    "aoti": "fp32",
+}
+
+
+@dataclass(frozen=True)
+class CompileSources:
+    """The models compilation starts from.
+
+    Attributes:
+        signature: The model's signature (from the ONNX model's metadata).
+        onnx_path: The FP32 ONNX model, if there is one.
+        qdq_path: The Q/DQ INT8 ONNX model, if calibration produced and accepted one.
+        qdq_unavailable_reason: Why there is no Q/DQ model (the gate's reason), shown on INT8 candidates.
+        source_path: The source model (a torch.export ``.pt2`` for AOT Inductor).
+        source_format: ``torch_export``, ``torchscript`` or ``onnx``.
+    """
+
+    signature: ModelSignature
+    onnx_path: Path | None
+    qdq_path: Path | None = None
+    qdq_unavailable_reason: str = ""
+    source_path: Path | None = None
+    source_format: str = ""
+
+
+def _versions(*modules: str) -> dict[str, str]:
+    import importlib
+
+    out = {}
+    for name in modules:
+        try:
+            out[name] = str(importlib.import_module(name).__version__)
+        except ImportError:
+            continue
+    return out
+
+
+def _require(path: Path | None, what: str) -> Path:
+    if path is None or not path.is_file():
+        raise CandidateUnavailable(what)
+    return path
+
+
+def _qdq(sources: CompileSources) -> Path:
+    reason = sources.qdq_unavailable_reason or "calibration produced no Q/DQ model"
+    return _require(sources.qdq_path, f"no INT8 Q/DQ model: {reason}")
+
+
+def _fp32_onnx(sources: CompileSources) -> Path:
+    return _require(sources.onnx_path, "no FP32 ONNX model from export")
+
+
+def build_candidates(
+    out_dir: str | Path, cfg: CompilationConfig, sources: CompileSources
+) -> CandidateManifest:
+    """Build the candidates ``cfg.candidates`` names into ``out_dir`` and write its manifest.
+
+    Args:
+        out_dir: The candidates directory (created if missing).
+        cfg: The compilation section.
+        sources: The FP32 ONNX, Q/DQ ONNX and source models.
+
+    Returns:
+        The manifest, also written to ``out_dir/manifest.json``.
+
+    Raises:
+        ConfigError: when the config does not fit the model (e.g. a dynamic dim without a
+            TensorRT profile), whether or not TensorRT can run here.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trt_kinds = [k for k in cfg.candidates if k.startswith("tensorrt_")]
+    # Decided before any build, so a bad profile fails on every machine, not only on GPU ones.
+    trt_options = {k: tensorrt.build_options(cfg, sources.signature, _PRECISION[k]) for k in trt_kinds}
+    cache_location = tensorrt.timing_cache_location(cfg, out)
+
+    candidates: list[Candidate] = []
+    for kind in dict.fromkeys(cfg.candidates):
+        if kind in ("onnxruntime_fp32", "onnxruntime_int8"):
+            int8 = kind == "onnxruntime_int8"
+            candidates.append(
+                _build_one(
+                    out,
+                    kind,
+                    kind,
+                    runtime="onnxruntime",
+                    device="cpu",
+                    build=partial(_onnxruntime, cfg=cfg, sources=sources, int8=int8),
+                )
+            )
+        elif kind == "aoti":
+            for device in dict.fromkeys(cfg.aoti_devices):
+                candidates.append(
+                    _build_one(
+                        out,
+                        f"aoti_{device}",
+                        kind,
+                        runtime="aoti",
+                        device=device,
+                        build=partial(_aoti, cfg=cfg, sources=sources, device=device),
+                    )
+                )
+        else:
+            options = trt_options[kind]
+            candidates.append(
+                _build_one(
+                    out,
+                    kind,
+                    kind,
+                    runtime="tensorrt",
+                    device="cuda",
+                    build=partial(
+                        _tensorrt, cfg=cfg, sources=sources, options=options, cache_location=cache_location
+                    ),
+                )
+            )
+    manifest = CandidateManifest(
+        candidates=candidates, signature=sources.signature.to_dict(), host=host_info()
+    )
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _build_one(
+    out: Path,
+    name: str,
+    kind: str,
+    *,
+    runtime: str,
+    device: str,
+    build: Callable[[Path], dict[str, Any]],
+) -> Candidate:
+    """Run one builder; turn its result or its reason for not building into a Candidate."""
+    base: dict[str, Any] = {
+        "name": name,
+        "kind": kind,
+        "precision": _PRECISION[kind],
+        "runtime": runtime,
+        "device": device,
+    }
+    start = time.perf_counter()
+    try:
+        with candidate_folder(out, name) as folder:
+            result = build(folder)
+            file_sha = sha256_file(folder / result["file"])
+    except CandidateUnavailable as exc:
+        log.info("candidate %s skipped: %s", name, exc)
+        return Candidate(status="skipped", reason=str(exc), **base)
+    except ConfigError:
+        raise
+    except Exception as exc:  # one broken candidate must not take the others down
+        log.exception("candidate %s failed", name)
+        return Candidate(status="failed", reason=f"{type(exc).__name__}: {exc}", **base)
+    base["device"] = result.get("device", device)
+    return Candidate(
+        status="built",
+        file=f"{name}/{result['file']}",
+        versions=result.get("versions", {}),
+        gpu_name=result.get("gpu_name", ""),
+        compute_capability=result.get("compute_capability", ""),
+        build_time_s=round(time.perf_counter() - start, 3),
+        sha256=file_sha,
+        options=result.get("options", {}),
+        engine=result.get("engine", {}),
+        **base,
+    )
+
+
+def _onnxruntime(
+    folder: Path, *, cfg: CompilationConfig, sources: CompileSources, int8: bool
+) -> dict[str, Any]:
+    src = _qdq(sources) if int8 else _fp32_onnx(sources)
+    result = ort.build_onnxruntime_candidate(
+        src,
+        folder,
+        optimization_level=cfg.ort_optimization_level,
+        save_optimized_model=cfg.ort_save_optimized_model,
+        require_qdq=int8,
+    )
+    result["versions"] = _versions("onnxruntime", "onnx")
+    # onnxruntime-gpu (the GPU image) records CUDA first: the candidate then serves on the GPU.
+    result["device"] = "cuda" if result["options"]["providers"][0] == "CUDAExecutionProvider" else "cpu"
+    return result
+
+
+def _gpu_fields() -> dict[str, str]:
+    name, (major, minor) = tensorrt.cuda_device()
+    return {"gpu_name": name, "compute_capability": f"{major}.{minor}"}
+
+
+def _aoti(folder: Path, *, cfg: CompilationConfig, sources: CompileSources, device: str) -> dict[str, Any]:
+    if sources.source_path is None:
+        if sources.source_format in ("onnx", "torchscript"):
+            aoti.load_exported_program("", sources.source_format)  # raises, saying why
+        raise CandidateUnavailable("no source model to compile with AOT Inductor")
+    options = aoti.compile_aoti(
+        sources.source_path,
+        folder / aoti.PACKAGE_FILE,
+        sources.signature,
+        source_format=sources.source_format or "torch_export",
+        device=device,
+        max_autotune=cfg.aoti_max_autotune,
+        freezing=cfg.aoti_freezing,
+    )
+    result: dict[str, Any] = {"file": aoti.PACKAGE_FILE, "options": options, "versions": _versions("torch")}
+    if device == "cuda":
+        result.update(_gpu_fields())
+    return result
+
+
+def _tensorrt(
+    folder: Path,
+    *,
+    cfg: CompilationConfig,
+    sources: CompileSources,
+    options: tensorrt.TensorRTBuildOptions,
+    cache_location: Path,
+) -> dict[str, Any]:
+    trt = tensorrt.import_tensorrt()
+    gpu = _gpu_fields()
+    recorded = options.to_dict()
+    with tempfile.TemporaryDirectory() as tmp:
+        if options.precision == "int8":
+            src = _qdq(sources)
+            tensorrt.check_qdq_for_tensorrt(src)
+        elif options.precision == "fp16":
+            src = Path(tmp) / "model.fp16.onnx"
+            recorded["fp16_converter"] = convert_onnx_to_fp16(_fp32_onnx(sources), src, cfg.fp16_converter)
+        else:
+            src = _fp32_onnx(sources)
+        cache_file = tensorrt.timing_cache_file(
+            cache_location, str(trt.__version__), gpu["gpu_name"], gpu["compute_capability"]
+        )
+        meta = tensorrt.build_tensorrt_engine(src, folder / tensorrt.ENGINE_FILE, options, cache_file)
+    write_json(folder / tensorrt.ENGINE_METADATA_FILE, meta.to_dict())
+    return {
+        "file": tensorrt.ENGINE_FILE,
+        "options": recorded,
+        "engine": meta.to_dict(),
+        "versions": {"tensorrt": meta.tensorrt_version},
+        **gpu,
+    }

@@ -1,0 +1,77 @@
+"""The whole pipeline under kfp.local on the embedded digits model: artifacts flow between real tasks."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.common.config import load_config
+from pipelines.local_run import LocalRunResult, run_local
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRunResult:
+    config = load_config(
+        overrides={
+            "selection.batch_sizes": [1, 8],
+            "selection.min_iterations": 5,
+            "selection.min_seconds": 0.05,
+        }
+    )
+    return run_local(config, tmp_path_factory.mktemp("run"), skip_preflight=True)
+
+
+def _stage(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in report["stages"] if s["stage"] == name)
+
+
+def test_every_local_stage_succeeds_and_cloud_stages_do_not_run(digits_run: LocalRunResult) -> None:
+    statuses = {s["stage"]: s["status"] for s in digits_run.report["stages"]}
+
+    assert digits_run.succeeded, digits_run.report["error"]
+    for stage in ("intake", "export", "calibrate", "compile", "select", "package", "serve_check"):
+        assert statuses[stage] == "succeeded", (stage, _stage(digits_run.report, stage))
+    assert statuses["deploy"] == "not run"
+
+
+def test_report_names_the_selected_candidate_among_measured_ones(digits_run: LocalRunResult) -> None:
+    report = digits_run.report
+    measured = {c["name"] for c in report["candidates"]}
+
+    assert report["selected"] in measured
+    assert report["selection_reason"]
+
+
+def test_int8_accuracy_on_digits_is_real_and_within_budget(digits_run: LocalRunResult) -> None:
+    quant = digits_run.report["quantization"]
+
+    # percent of held-out digits classified right; the budget is 0.5 points
+    assert quant["fp32_accuracy"] > 90
+    assert quant["fp32_accuracy"] - quant["int8_accuracy"] <= 0.5
+
+
+def test_triton_repository_is_written_and_served(digits_run: LocalRunResult) -> None:
+    repo = Path(digits_run.report["triton_repository"])
+    serve = digits_run.report["serve_check"]
+
+    assert any(repo.rglob("config.pbtxt"))
+    assert serve["status"] == "succeeded"
+    assert serve["executions"] < serve["requests"]
+
+
+def test_reports_are_written_as_json_and_markdown(digits_run: LocalRunResult) -> None:
+    assert digits_run.report_json.is_file()
+    assert "## Stages" in digits_run.report_md.read_text()
+
+
+def test_a_failing_stage_fails_the_run_and_still_writes_the_report(tmp_path: Path) -> None:
+    config = load_config(overrides={"export.atol": 1e-12, "export.rtol": 1e-12, "export.min_cosine": 1.0})
+
+    result = run_local(config, tmp_path, skip_preflight=True)
+
+    assert not result.succeeded
+    assert _stage(result.report, "export")["status"] in ("failed", "not run")
+    assert _stage(result.report, "calibrate")["status"] == "not run"
+    assert result.report_json.is_file()

@@ -1,0 +1,210 @@
+"""The benchmark harness: latency statistics, adaptive iterations, accuracy, candidates measured alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from components.common.config import CompilationConfig, SelectionConfig
+from components.common.data import Dataset
+from components.common.signature import ModelSignature, TensorSpec, signature_from_onnx
+from components.compile.build import CompileSources, build_candidates
+from components.select.benchmark import (
+    CandidateFigures,
+    batch_feeds,
+    benchmark_candidates,
+    compare_with_reference,
+    evaluation_batch_sizes,
+    latency_figures,
+    measure_latency,
+)
+from components.select.runners import TorchRunner
+
+
+class CountingRunner:
+    """Advances a fake clock by ``cost_s`` per call, so iteration counts are exact."""
+
+    def __init__(self, cost_s: float, max_batch: int | None = None) -> None:
+        self.name, self.device, self.max_batch = "counting", "cpu", max_batch
+        self.now = 0.0
+        self.calls = 0
+        self.cost_s = cost_s
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        self.calls += 1
+        self.now += self.cost_s
+        return [np.zeros((len(feeds["x"]), 2), dtype=np.float32)]
+
+    def close(self) -> None:
+        pass
+
+
+FEEDS = {"x": np.zeros((8, 4), dtype=np.float32)}
+
+
+def test_percentiles_throughput_and_spread_come_from_the_timings() -> None:
+    times = [0.010] * 8 + [0.020, 0.100]
+
+    lat = latency_figures(8, times)
+
+    assert lat.p50_ms == pytest.approx(10.0)
+    assert lat.p99_ms == pytest.approx(92.8)
+    assert lat.throughput == pytest.approx(800.0)
+    assert lat.throughput_mean == pytest.approx(400.0)
+    assert lat.iqr_pct == pytest.approx(0.0) and lat.cv_pct > 100
+
+
+def test_fast_model_runs_until_min_seconds() -> None:
+    runner = CountingRunner(cost_s=0.01)
+
+    lat = measure_latency(runner, FEEDS, warmup=2, min_iterations=5, min_seconds=0.2, clock=runner.clock)
+
+    assert lat.iterations == 20 and runner.calls == 22
+
+
+def test_slow_model_runs_min_iterations() -> None:
+    runner = CountingRunner(cost_s=1.0)
+
+    lat = measure_latency(runner, FEEDS, warmup=0, min_iterations=3, min_seconds=0.5, clock=runner.clock)
+
+    assert lat.iterations == 3 and lat.batch_size == 8
+
+
+LOGITS = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 4.0], [2.0, 1.5, 0.0]], dtype=np.float32)
+
+
+def test_identical_outputs_agree_fully() -> None:
+    acc = compare_with_reference([LOGITS], [LOGITS.copy()], ["logits"])
+
+    assert acc.cosine_mean == pytest.approx(1.0)
+    assert (acc.max_abs_diff, acc.top1_agreement, acc.drop_points) == (0.0, 1.0, 0.0)
+    assert acc.drop_basis == "top1_agreement"
+
+
+def test_one_flipped_prediction_in_four_drops_agreement_by_25_points() -> None:
+    flipped = LOGITS.copy()
+    flipped[3] = [1.5, 2.0, 0.0]
+
+    acc = compare_with_reference([LOGITS], [flipped], ["logits"])
+
+    assert acc.top1_agreement == 0.75 and acc.drop_points == pytest.approx(25.0)
+    assert acc.cosine_min < 1.0 and acc.max_abs_diff == pytest.approx(0.5)
+
+
+def test_with_labels_the_drop_is_in_task_accuracy() -> None:
+    labels = np.array([0, 1, 2, 1])  # the reference gets 3 of 4
+    flipped = LOGITS.copy()
+    flipped[3] = [1.5, 2.0, 0.0]  # the candidate now gets the fourth right too
+
+    acc = compare_with_reference([LOGITS], [flipped], ["logits"], labels)
+
+    assert (acc.reference_accuracy, acc.task_accuracy) == (0.75, 1.0)
+    assert acc.drop_points == pytest.approx(-25.0) and acc.drop_basis == "task_accuracy"
+
+
+def test_non_classifier_outputs_are_judged_by_cosine_only() -> None:
+    emb = np.random.default_rng(0).standard_normal((5, 1, 16)).astype(np.float32)
+
+    acc = compare_with_reference([emb], [emb * 2], ["embedding"])
+
+    assert acc.drop_points is None and acc.cosine_mean == pytest.approx(1.0)
+
+
+def test_all_zero_outputs_on_both_sides_agree() -> None:
+    zeros = np.zeros((2, 3), dtype=np.float32)
+
+    assert compare_with_reference([zeros], [zeros], ["y"]).cosine_min == 1.0
+
+
+def test_fixed_batch_model_is_timed_at_its_batch_only() -> None:
+    static = ModelSignature((TensorSpec("x", "float32", (4, 3)),), (TensorSpec("y", "float32", (4, 2)),))
+
+    assert evaluation_batch_sizes(static, SelectionConfig(batch_sizes=[1, 8])) == [4]
+
+
+def test_batches_larger_than_the_data_repeat_real_samples() -> None:
+    data = Dataset({"x": np.arange(3, dtype=np.float32).reshape(3, 1)})
+
+    feeds = batch_feeds(data, 7)
+
+    assert feeds["x"].ravel().tolist() == [0, 1, 2, 0, 1, 2, 0]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    path = tmp_path_factory.mktemp("bench") / "model.onnx"
+    torch.onnx.export(
+        module,
+        (torch.zeros(2, 1, 4, 4),),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        opset_version=19,
+        dynamo=False,
+    )
+    return module, path
+
+
+FAST = SelectionConfig(batch_sizes=[1, 4], warmup_iterations=1, min_iterations=3, min_seconds=0.0)
+
+
+def test_reference_and_every_candidate_are_measured_the_same_way(
+    tiny: tuple[nn.Module, Path], tmp_path: Path
+) -> None:
+    module, onnx_path = tiny
+    signature = signature_from_onnx(onnx_path)
+    cfg = CompilationConfig(candidates=["onnxruntime_fp32", "onnxruntime_int8"])
+    manifest = build_candidates(tmp_path, cfg, CompileSources(signature, onnx_path))
+    data = Dataset(
+        {"input": np.random.default_rng(0).standard_normal((10, 1, 4, 4)).astype(np.float32)},
+        np.zeros(10, dtype=np.int64),
+    )
+    reference = TorchRunner("pytorch_eager", module, "cpu", ["input"])
+
+    result = benchmark_candidates(manifest, tmp_path, reference, data, FAST)
+
+    ref, fp32, int8 = result.figures
+    assert ref.reference and ref.name == "pytorch_eager" and sorted(ref.latency) == [1, 4]
+    assert fp32.name == "onnxruntime_fp32" and sorted(fp32.latency) == [1, 4]
+    assert fp32.accuracy is not None and fp32.accuracy.cosine_min > 0.99999 and fp32.accuracy.samples == 10
+    assert fp32.accuracy.reference_accuracy is not None
+    assert int8.rejected_reason.startswith("not built (skipped): no INT8 Q/DQ model") and not int8.latency
+
+
+def test_batches_beyond_a_runner_profile_are_reported_not_run(
+    tiny: tuple[nn.Module, Path], tmp_path: Path
+) -> None:
+    module, onnx_path = tiny
+    manifest = build_candidates(
+        tmp_path,
+        CompilationConfig(candidates=["onnxruntime_fp32"]),
+        CompileSources(signature_from_onnx(onnx_path), onnx_path),
+    )
+    limited = TorchRunner("limited", module, "cpu", ["input"])
+    limited.max_batch = 2
+    data = Dataset({"input": np.zeros((6, 1, 4, 4), dtype=np.float32)})
+    figures = CandidateFigures("limited", "aoti", "fp32", "aoti", "cpu")
+
+    result = benchmark_candidates(
+        manifest,
+        tmp_path,
+        TorchRunner("ref", module, "cpu", ["input"]),
+        data,
+        FAST,
+        extra_runners=[(figures, limited)],
+    )
+
+    measured = next(f for f in result.figures if f.name == "limited")
+    assert sorted(measured.latency) == [1] and "max 2" in measured.not_measured[4]
+    assert measured.accuracy is not None and measured.accuracy.samples == 6
