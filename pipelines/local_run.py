@@ -107,7 +107,9 @@ def run_local(
     run_root = find_run_root(pipeline_root)
     reports = load_stage_reports(run_root) if run_root else {}
     run_id = run_root.name if run_root else work.name
-    failed = [(name, rep) for name, rep in reports.items() if rep.get("status") == "failed" and rep.get("reason")]
+    failed = [
+        (name, rep) for name, rep in reports.items() if rep.get("status") == "failed" and rep.get("reason")
+    ]
     if status == "failed" and failed:
         name, rep = failed[0]
         error = f"stage {name} failed: {rep['reason']}"

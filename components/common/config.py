@@ -217,7 +217,10 @@ class CompilationConfig(_Section):
     )
     workspace_gib: float = Field(default=4.0, gt=0)
     tensorrt_optimization_level: int = Field(
-        default=3, ge=0, le=5, description="TensorRT builder optimization level (higher: slower build, faster engine)."
+        default=3,
+        ge=0,
+        le=5,
+        description="TensorRT builder optimization level (higher: slower build, faster engine).",
     )
     fp16_converter: Literal["auto", "modelopt", "onnxconverter"] = Field(
         default="auto",
@@ -235,10 +238,12 @@ class CompilationConfig(_Section):
         default=True, description="Fold weights into the CPU package (inductor 'freezing'): faster on CPU."
     )
     ort_optimization_level: Literal["disable", "basic", "extended", "all"] = Field(
-        default="all", description="ONNX Runtime graph optimization level recorded with the ONNX Runtime candidates."
+        default="all",
+        description="ONNX Runtime graph optimization level recorded with the ONNX Runtime candidates.",
     )
     ort_save_optimized_model: bool = Field(
-        default=False, description="Also store ONNX Runtime's optimized graph (tied to this ONNX Runtime version)."
+        default=False,
+        description="Also store ONNX Runtime's optimized graph (tied to this ONNX Runtime version).",
     )
 
 
@@ -265,7 +270,9 @@ class SelectionConfig(_Section):
     warmup_iterations: int = Field(default=5, ge=0)
     min_iterations: int = Field(default=20, ge=3)
     min_seconds: float = Field(default=0.5, ge=0)
-    max_eval_samples: int = Field(default=1000, ge=1, description="Evaluation samples used for the accuracy figures.")
+    max_eval_samples: int = Field(
+        default=1000, ge=1, description="Evaluation samples used for the accuracy figures."
+    )
     measure_reference: bool = Field(
         default=True, description="Also time the PyTorch eager FP32 reference, for speed-up ratios."
     )
@@ -502,7 +509,9 @@ class MonitoringConfig(_Section):
 
     enabled: bool = True
     p99_latency_ms: float = Field(
-        default=500, gt=0, description="Alert when a deployed model's p99 prediction latency exceeds this (ms)."
+        default=500,
+        gt=0,
+        description="Alert when a deployed model's p99 prediction latency exceeds this (ms).",
     )
     error_rate: float = Field(
         default=0.01,
@@ -514,7 +523,7 @@ class MonitoringConfig(_Section):
         default=90,
         gt=0,
         le=100,
-        description="Alert when a deployed model's mean GPU duty cycle exceeds this percentage (GPU serving).",
+        description="Alert when a deployed model's mean GPU duty cycle exceeds this percent (GPU serving).",
     )
     cpu_utilization: float = Field(
         default=90,
@@ -527,7 +536,7 @@ class MonitoringConfig(_Section):
     )
     replica_saturation: bool = Field(
         default=True,
-        description="Alert when a deployed model runs at deployment.max_replicas (autoscaling has no room left).",
+        description="Alert when a deployed model runs at deployment.max_replicas (no room left to scale).",
     )
     alignment_period_s: int = Field(
         default=300,

@@ -283,7 +283,7 @@ def resolve_registry_model(
         )
     bucket_name, path = _split_gs(version.artifact_uri)
     if storage_client is None:
-        from google.cloud import storage  # type: ignore[attr-defined]
+        import google.cloud.storage as storage
 
         storage_client = storage.Client(project=parse_registry_uri(uri).project, credentials=credentials)
     try:

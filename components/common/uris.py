@@ -27,7 +27,7 @@ def localize(uri: str, dest_dir: str | Path, *, what: str) -> Path:
 
 
 def _download(uri: str, dest_dir: Path) -> Path:
-    from google.cloud import storage
+    import google.cloud.storage as storage
 
     bucket_name, _, blob_name = uri.removeprefix("gs://").partition("/")
     client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT") or "vxdeploy")

@@ -93,7 +93,7 @@ def _already_there(bucket: Any, bucket_name: str, blob_name: str, md5: str, path
 
 def default_client() -> Any:
     """A Cloud Storage client with the environment's project and credentials."""
-    from google.cloud import storage
+    import google.cloud.storage as storage
 
     return storage.Client()
 
