@@ -30,9 +30,9 @@ from components.calibrate.backends import (
     resolve_backend,
 )
 from components.calibrate.gate import GateMeasure, activation_errors, badness, measure, quantized_layers
-from components.calibrate.samples import check_calibration_samples, check_inputs
+from components.calibrate.samples import check_calibration_samples
 from components.common.config import DataConfig, QuantizationConfig
-from components.common.data import Dataset
+from components.common.data import Dataset, check_inputs
 from components.common.errors import DataError
 from components.common.signature import ModelSignature
 from components.common.stage import markdown_table, write_json, write_text_atomic

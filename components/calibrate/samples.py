@@ -1,9 +1,9 @@
 """Calibration samples: checked against the model's signature and fed to a calibrator in batches.
 
-:func:`check_calibration_samples` repeats the checks of :func:`components.common.data.load_dataset`
-(names, shapes, dtypes, NaN/Inf) because :func:`components.calibrate.int8.calibrate_int8`
-can be called with arrays that never went through a file, and adds the sample-count rules:
-too few is an error (never a silent fall-back to random scales), few is a warning.
+:func:`check_calibration_samples` runs the shared array checks (names, shapes, dtypes, NaN/Inf)
+because :func:`components.calibrate.int8.calibrate_int8` can be called with arrays that never
+went through a file, and adds the sample-count rules: too few is an error (never a silent
+fall-back to random scales), few is a warning.
 """
 
 from __future__ import annotations
@@ -13,70 +13,13 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from components.common.data import Dataset
+from components.common.data import Dataset, check_inputs
 from components.common.errors import DataError
 from components.common.signature import ModelSignature
 
 
 class FewCalibrationSamplesWarning(UserWarning):
     """Fewer calibration samples than ``data.warn_calibration_samples``: ranges may be noisy."""
-
-
-def check_inputs(
-    inputs: Mapping[str, np.ndarray], signature: ModelSignature, *, what: str
-) -> dict[str, np.ndarray]:
-    """Check arrays against the signature; return them cast to the model's dtypes.
-
-    Raises:
-        DataError: naming ``what``, the input, and the sample index of any NaN or Inf.
-    """
-    expected = signature.input_names
-    missing = [n for n in expected if n not in inputs]
-    extra = sorted(set(inputs) - set(expected))
-    if missing or extra:
-        raise DataError(
-            f"{what}: arrays {sorted(inputs)} do not match the model inputs {expected}"
-            + (f"; missing {missing}" if missing else "")
-            + (f"; unexpected {extra}" if extra else "")
-            + "; save one array per model input name"
-        )
-    counts: set[int] = set()
-    out: dict[str, np.ndarray] = {}
-    for spec in signature.inputs:
-        arr = np.asarray(inputs[spec.name])
-        shape_text = "(" + ", ".join(str(d) for d in spec.shape) + ")"
-        if arr.ndim != len(spec.shape):
-            raise DataError(
-                f"{what}: input {spec.name!r} has shape {arr.shape}, the model expects {shape_text} "
-                f"({len(spec.shape)} dims, first axis = samples)"
-            )
-        for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
-            if axis > 0 and isinstance(want, int) and got != want:
-                raise DataError(
-                    f"{what}: input {spec.name!r} has shape {arr.shape}, the model expects {shape_text}; "
-                    f"axis {axis} must be {want}"
-                )
-        want_dt = np.dtype(spec.dtype)
-        if arr.dtype != want_dt:
-            if arr.dtype.kind != want_dt.kind and not (arr.dtype.kind in "iub" and want_dt.kind in "iub"):
-                raise DataError(
-                    f"{what}: input {spec.name!r} has dtype {arr.dtype}, the model expects {want_dt}; "
-                    f"save it with .astype('{want_dt}')"
-                )
-            arr = arr.astype(want_dt)
-        if arr.dtype.kind == "f" and len(arr):
-            bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-            if bad.any():
-                idx = int(np.flatnonzero(bad)[0])
-                raise DataError(
-                    f"{what}: input {spec.name!r} has NaN or Inf at sample {idx} "
-                    f"({int(bad.sum())} bad samples); clean or drop them"
-                )
-        counts.add(len(arr))
-        out[spec.name] = arr
-    if len(counts) > 1:
-        raise DataError(f"{what}: inputs disagree on the number of samples: {sorted(counts)}")
-    return out
 
 
 def check_calibration_samples(

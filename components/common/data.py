@@ -6,6 +6,7 @@ no stray arrays, dtypes that match, static dims that match, one sample count, no
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,21 +73,41 @@ def load_dataset(
     except (OSError, ValueError) as exc:
         raise DataError(f"{what}: {str(path)!r} is not a readable .npz file ({exc})") from exc
     labels = arrays.pop(labels_key, None)
+    checked = check_inputs(arrays, signature, what=what, hint=f" and optional '{labels_key}'")
+    n = len(next(iter(checked.values()))) if checked else 0
+    if labels is not None and len(labels) != n:
+        raise DataError(f"{what}: {labels_key!r} has {len(labels)} entries for {n} samples")
+    if n < min_samples:
+        raise DataError(f"{what}: {n} samples, at least {min_samples} are needed")
+    return Dataset(checked, labels)
+
+
+def check_inputs(
+    inputs: Mapping[str, np.ndarray], signature: ModelSignature, *, what: str, hint: str = ""
+) -> dict[str, np.ndarray]:
+    """Check model-input arrays against the signature; return them cast to the model's dtypes.
+
+    Names must match, dims after the first (the sample axis) must match static dims, dtypes
+    must be of the same kind (ints of any width are cast), floats must be finite, and every
+    input must have the same number of samples.
+
+    Raises:
+        DataError: naming ``what``, the input, and the sample index of any NaN or Inf.
+    """
     expected = set(signature.input_names)
-    missing = sorted(expected - arrays.keys())
-    extra = sorted(arrays.keys() - expected)
+    missing = sorted(expected - inputs.keys())
+    extra = sorted(inputs.keys() - expected)
     if missing or extra:
         raise DataError(
-            f"{what}: arrays {sorted(arrays)} do not match the model inputs {signature.input_names}"
+            f"{what}: arrays {sorted(inputs)} do not match the model inputs {signature.input_names}"
             + (f"; missing {missing}" if missing else "")
             + (f"; unexpected {extra}" if extra else "")
-            + f". Save one array per input name (np.savez(path, {_kwargs_hint(signature)}))"
-            + f" and optional '{labels_key}'."
+            + f". Save one array per input name (np.savez(path, {_kwargs_hint(signature)})){hint}."
         )
     counts = set()
     checked: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
-        arr = arrays[spec.name]
+        arr = np.asarray(inputs[spec.name])
         if arr.ndim != len(spec.shape):
             raise DataError(
                 f"{what}: input {spec.name!r} has shape {arr.shape}, the model expects "
@@ -101,15 +122,14 @@ def load_dataset(
                 )
         want_dt = np.dtype(spec.dtype)
         if arr.dtype != want_dt:
-            if arr.dtype.kind == want_dt.kind or (arr.dtype.kind in "iu" and want_dt.kind in "iu"):
-                arr = arr.astype(want_dt)
-            else:
+            if arr.dtype.kind != want_dt.kind and not (arr.dtype.kind in "iub" and want_dt.kind in "iub"):
                 raise DataError(
                     f"{what}: input {spec.name!r} has dtype {arr.dtype}, the model expects {want_dt}; "
                     f"save it with .astype('{want_dt}')"
                 )
-        if arr.dtype.kind == "f":
-            bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if len(arr) else np.array([], bool)
+            arr = arr.astype(want_dt)
+        if arr.dtype.kind == "f" and len(arr):
+            bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
             if bad.any():
                 idx = int(np.flatnonzero(bad)[0])
                 raise DataError(
@@ -118,14 +138,9 @@ def load_dataset(
                 )
         counts.add(len(arr))
         checked[spec.name] = arr
-    if labels is not None:
-        counts.add(len(labels))
     if len(counts) > 1:
-        raise DataError(f"{what}: arrays disagree on the number of samples: {sorted(counts)}")
-    n = counts.pop() if counts else 0
-    if n < min_samples:
-        raise DataError(f"{what}: {n} samples, at least {min_samples} are needed")
-    return Dataset(checked, labels)
+        raise DataError(f"{what}: inputs disagree on the number of samples: {sorted(counts)}")
+    return checked
 
 
 def _kwargs_hint(signature: ModelSignature) -> str:

@@ -187,7 +187,7 @@ def _parity_inputs(
     A dynamic batch runs at 1 and then 32; a static first dim ``k`` runs in batches of ``k``
     (the samples trimmed to a multiple of it).
     """
-    from components.calibrate.samples import check_inputs
+    from components.common.data import check_inputs
 
     static = {t.shape[0] for t in signature.inputs if t.shape and isinstance(t.shape[0], int)}
     batch_sizes: tuple[int, ...] = _PARITY_BATCH_SIZES
