@@ -12,6 +12,7 @@ from components.common.images import RUNNER_IMAGE
 @dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
 def deploy_to_endpoint(
     triton_repository: Input[Model],
+    source_model: Input[Model],
     eval_data: Input[Dataset],
     model: dict,
     deployment: dict,
@@ -30,6 +31,7 @@ def deploy_to_endpoint(
 
     Args:
         triton_repository: The packaged repository and its serving container spec.
+        source_model: The model from intake; a Model Registry source's labels go onto the new version.
         eval_data: Samples for the smoke test.
         model: The model section (display name).
         deployment: The deployment section (project, location, endpoint, machine, GPUs, autoscaling).
@@ -47,6 +49,7 @@ def deploy_to_endpoint(
 
     return stage.run(
         triton_repository,
+        source_model,
         eval_data,
         model,
         deployment,

@@ -139,6 +139,7 @@ def deploy_to_endpoint(
     api: VertexApi | None = None,
     storage: Any = None,
     gcp_resources_path: str | Path | None = None,
+    source_labels: Mapping[str, str] | None = None,
 ) -> DeploymentResult:
     """Upload the Triton repository as a new model version and deploy it beside the serving one at 0%.
 
@@ -153,6 +154,7 @@ def deploy_to_endpoint(
         api: Vertex AI clients; default: :func:`connect` for ``cfg``.
         storage: A Cloud Storage client for the upload; default: one for the environment.
         gcp_resources_path: Where long-running operations are recorded (and resumed from).
+        source_labels: Labels naming the Model Registry version the repository was optimized from.
 
     Raises:
         UserError: bad settings or an engine that does not fit the serving GPU/TensorRT.
@@ -210,6 +212,7 @@ def deploy_to_endpoint(
             parent_model=cfg.parent_model,
             timeout_s=cfg.operation_timeout_s,
             gcp_resources_path=gcp_resources_path,
+            source_labels=source_labels,
         )
         timings["upload_model"] = time.perf_counter() - t
 

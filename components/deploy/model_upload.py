@@ -207,6 +207,7 @@ def upload_model_version(
     aliases: Sequence[str] = ("candidate",),
     timeout_s: float = 3600,
     gcp_resources_path: str | Path | None = None,
+    source_labels: Mapping[str, str] | None = None,
 ) -> ModelVersion:
     """Upload ``artifact_uri`` as a new version of the model (created on first use), once per run.
 
@@ -222,6 +223,8 @@ def upload_model_version(
         timeout_s: Longest wait for the upload operation.
         gcp_resources_path: The task's ``gcp_resources`` file: the operation is recorded there, and an
             unfinished one recorded by an earlier try is resumed.
+        source_labels: Labels naming the Model Registry version this one was optimized from, so a
+            scheduled run can tell that version already serves.
     """
     parent = resolve_parent_model(api, parent_model, display_name)
     if parent:
@@ -233,6 +236,7 @@ def upload_model_version(
         if resumed is not None:
             return resumed
     labels = {
+        **(source_labels or {}),
         MANAGED_BY_KEY: MANAGED_BY_VALUE,
         RUN_ID_KEY: label_value(run_id),
         CHECKSUM_KEY: checksum[:32],

@@ -18,6 +18,7 @@ class DeployOutputs(NamedTuple):
 
 def run(
     triton_repository: Any,
+    source_model: Any,
     eval_data: Any,
     model: dict[str, Any],
     deployment: dict[str, Any],
@@ -50,6 +51,7 @@ def run(
             api=api,
             storage=storage,
             gcp_resources_path=gcp_resources,
+            source_labels=dict((source_model.metadata or {}).get("source_labels") or {}),
         )
     write_artifacts(result, vertex_model, vertex_endpoint, deploy_cfg)
     rep.summary = summary(result, deploy_cfg)

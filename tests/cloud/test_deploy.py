@@ -52,6 +52,18 @@ def test_first_deploy_creates_a_managed_endpoint_and_a_labelled_model_version(
     ) == ("vxdeploy", True, [run.deployed_model_id], "run-1", run.report["summary"]["sha256"][:32], True)
 
 
+def test_a_registry_source_is_recorded_on_the_new_version(fake: FakeVertex, tmp_path: Path) -> None:
+    # Given a model that intake resolved from a Model Registry version
+    source = {"vxdeploy-source-model": "digits", "vxdeploy-source-version": "3"}
+
+    # When the deploy stage uploads its optimized version
+    RolloutHarness(fake, tmp_path).deploy("run-1", source_labels=source)
+
+    # Then the version carries the source labels a scheduled run looks for
+    (version,) = fake.model_versions()
+    assert {k: version.labels[k] for k in source} == source
+
+
 def test_new_deployed_model_starts_with_no_traffic(fake: FakeVertex, serving: str, tmp_path: Path) -> None:
     # Given an endpoint serving one model at 100%
     harness = RolloutHarness(fake, tmp_path)

@@ -142,17 +142,28 @@ class RolloutHarness:
         d.mkdir(parents=True)
         return d
 
-    def deploy(self, run_id: str, *, gcp_resources: Path | None = None, storage: Any = None) -> DeployRun:
+    def deploy(
+        self,
+        run_id: str,
+        *,
+        gcp_resources: Path | None = None,
+        storage: Any = None,
+        source_labels: dict[str, str] | None = None,
+    ) -> DeployRun:
         """The deploy stage, as the component calls it."""
         from components.deploy import stage
 
         d = self._dir("deploy")
+        source_model = StandInArtifact(
+            str(d / "source_model"), metadata={"source_labels": source_labels or {}}
+        )
         vertex_model = StandInArtifact(str(d / "vertex_model"))
         vertex_endpoint = StandInArtifact(str(d / "vertex_endpoint"))
         report = StandInArtifact(str(d / "report.json"))
         resources = gcp_resources or self.root / f"gcp_resources-{run_id}.json"
         outputs = stage.run(
             self.repository,
+            source_model,
             self.eval_data,
             self.model,
             self.deployment,
