@@ -82,7 +82,12 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SimpleNamesp
 FAST = {"batch_sizes": [1, 8], "warmup_iterations": 1, "min_iterations": 3, "min_seconds": 0.0}
 
 
-def run_select(arts: dict[str, SimpleNamespace], out: Path, selection: dict[str, Any]) -> dict[str, Any]:
+def run_select(
+    arts: dict[str, SimpleNamespace],
+    out: Path,
+    selection: dict[str, Any],
+    service_levels: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     outputs = {
         "selected": artifact(out / "selected"),
         "benchmark": artifact(out / "benchmark.json"),
@@ -95,8 +100,8 @@ def run_select(arts: dict[str, SimpleNamespace], out: Path, selection: dict[str,
         arts["source"],
         arts["eval"],
         selection,
-        {},
-        {},
+        service_levels or {},
+        {"accelerator_type": "", "accelerator_count": 0, "machine_type": "n1-standard-4"},
         "",
         0,
         outputs["selected"],
@@ -170,3 +175,26 @@ def test_eval_data_that_does_not_fit_the_model_is_a_data_error(
 
     with pytest.raises(DataError, match="missing"):
         run_select(arts, tmp_path, FAST)
+
+
+def test_an_impossible_latency_target_stops_the_run_naming_it_and_the_best_figure(
+    compiled: dict[str, SimpleNamespace], tmp_path: Path
+) -> None:
+    with pytest.raises(ServiceLevelError, match=r"service_levels.p50_latency_ms=1e-06: the lowest p50 measured is"):
+        run_select(compiled, tmp_path, FAST, {"p50_latency_ms": 1e-6})
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "failed"
+    assert not (tmp_path / "selected").exists()
+
+
+def test_the_cost_table_names_the_cheapest_candidate_meeting_the_targets(
+    compiled: dict[str, SimpleNamespace], tmp_path: Path
+) -> None:
+    run_select(compiled, tmp_path, FAST, {"p50_latency_ms": 1000, "requests_per_second": 50})
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    cost = report["details"]["cost"]
+    assert report["summary"]["cheapest"] == "onnxruntime_fp32"
+    assert "n1-standard-4" in cost["markdown"]
+    assert "## Cost at the target load" in (tmp_path / "table.md").read_text()
