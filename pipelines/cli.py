@@ -34,12 +34,7 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         import yaml
 
         overrides[key.strip()] = yaml.safe_load(value)
-    config = load_config(getattr(args, "config", None), overrides)
-    if config.deployment.enabled and not config.deployment.project and getattr(args, "api_endpoint", None):
-        config = load_config(
-            getattr(args, "config", None), {**overrides, "deployment.project": "vxdeploy-local"}
-        )
-    return config
+    return load_config(getattr(args, "config", None), overrides)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

@@ -28,3 +28,12 @@ def test_bad_set_override_is_explained(capsys: pytest.CaptureFixture[str]) -> No
 def test_validate_accepts_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate"]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_api_endpoint_without_a_project_asks_for_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["run", "--local", "--api-endpoint", "http://127.0.0.1:1", "--workdir", str(tmp_path)])
+
+    assert code == 2
+    assert "deployment.project" in capsys.readouterr().err
