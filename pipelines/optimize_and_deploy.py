@@ -135,7 +135,6 @@ def optimize_and_deploy(
                     deploy_to_endpoint(
                         triton_repository=packaged.outputs["triton_repository"],
                         source_model=intake.outputs["source_model"],
-                        eval_data=intake.outputs["eval_data"],
                         model=model,
                         deployment=deployment,
                         canary=canary,

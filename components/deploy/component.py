@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint, VertexModel
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Model, Output, OutputPath
+from kfp.dsl import Artifact, Input, Model, Output, OutputPath
 
 from components.common.images import RUNNER_IMAGE
 
@@ -13,7 +13,6 @@ from components.common.images import RUNNER_IMAGE
 def deploy_to_endpoint(
     triton_repository: Input[Model],
     source_model: Input[Model],
-    eval_data: Input[Dataset],
     model: dict,
     deployment: dict,
     canary: dict,
@@ -32,7 +31,6 @@ def deploy_to_endpoint(
     Args:
         triton_repository: The packaged repository and its serving container spec.
         source_model: The model from intake; a Model Registry source's labels go onto the new version.
-        eval_data: Samples for the smoke test.
         model: The model section (display name).
         deployment: The deployment section (project, location, endpoint, machine, GPUs, autoscaling).
         canary: The canary section (rollout lease time-to-live).
@@ -50,7 +48,6 @@ def deploy_to_endpoint(
     return stage.run(
         triton_repository,
         source_model,
-        eval_data,
         model,
         deployment,
         canary,

@@ -19,7 +19,6 @@ class DeployOutputs(NamedTuple):
 def run(
     triton_repository: Any,
     source_model: Any,
-    eval_data: Any,
     model: dict[str, Any],
     deployment: dict[str, Any],
     canary: dict[str, Any],

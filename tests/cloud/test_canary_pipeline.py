@@ -29,7 +29,6 @@ def rollout(repository: str, eval_data: str, deployment: dict, canary: dict) -> 
         deployed = deploy_to_endpoint(
             triton_repository=repo.output,
             source_model=repo.output,  # not from the Model Registry: no source labels to carry
-            eval_data=samples.output,
             model={"name": "model"},
             deployment=deployment,
             canary=canary,

@@ -164,7 +164,6 @@ class RolloutHarness:
         outputs = stage.run(
             self.repository,
             source_model,
-            self.eval_data,
             self.model,
             self.deployment,
             self.canary,
