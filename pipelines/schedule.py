@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from google.api_core import exceptions as api_exceptions
-from google.api_core.client_options import ClientOptions
 from google.auth.credentials import Credentials
 from google.cloud import aiplatform_v1
 
 from components.common.config import RunConfig
 from components.common.errors import CloudOperationError, ConfigError, UserError
+from components.common.vertex_clients import vertex_client
 from pipelines.submit import (
     DEFAULT_LOCATION,
     DEFAULT_TEMPLATE,
@@ -30,12 +30,10 @@ from pipelines.submit import (
     add_run_target_arguments,
     build_pipeline_job,
     check_pipeline_root,
-    client_credentials,
     config_from_arguments,
     fill_deployment_defaults,
     load_pipeline_spec,
     parse_labels,
-    vertex_api_endpoint,
 )
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-A-Za-z?]+$")
@@ -64,12 +62,7 @@ def schedule_service_client(
     location: str, api_endpoint: str | None = None, credentials: Credentials | None = None
 ) -> aiplatform_v1.ScheduleServiceClient:
     """A REST ``ScheduleServiceClient`` for ``location`` (or for the given endpoint)."""
-    endpoint = vertex_api_endpoint(location, api_endpoint)
-    return aiplatform_v1.ScheduleServiceClient(
-        transport="rest",
-        credentials=client_credentials(endpoint, credentials),
-        client_options=ClientOptions(api_endpoint=endpoint),
-    )
+    return vertex_client(aiplatform_v1.ScheduleServiceClient, location, api_endpoint, credentials)
 
 
 def schedule_cron(cron: str, time_zone: str | None = None) -> str:

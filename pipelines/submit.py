@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 from google.api_core import exceptions as api_exceptions
-from google.api_core.client_options import ClientOptions
-from google.auth.credentials import AnonymousCredentials, Credentials
+from google.auth.credentials import Credentials
 from google.cloud import aiplatform_v1
 from google.protobuf import json_format
 
@@ -31,6 +30,7 @@ from components.common.config import RunConfig, load_config
 from components.common.errors import CloudOperationError, ConfigError, UserError
 from components.common.images import VERSION
 from components.common.uris import localize
+from components.common.vertex_clients import vertex_client
 
 DEFAULT_TEMPLATE = Path("compiled/optimize_and_deploy.yaml")
 DEFAULT_LOCATION = "us-central1"
@@ -87,34 +87,11 @@ class SubmittedRun:
 # -- clients ---------------------------------------------------------------------------------
 
 
-def vertex_api_endpoint(location: str, api_endpoint: str | None = None) -> str:
-    """The Vertex AI API endpoint: ``api_endpoint`` if given, else the regional one."""
-    return api_endpoint or f"{location}-aiplatform.googleapis.com"
-
-
-def client_credentials(api_endpoint: str, credentials: Credentials | None) -> Credentials | None:
-    """The credentials to send: the given ones; anonymous for a plain-HTTP (loopback) endpoint.
-
-    Real credentials are never sent over plain HTTP; ``None`` lets the client find
-    Application Default Credentials.
-    """
-    if credentials is not None:
-        return credentials
-    if api_endpoint.startswith("http://"):
-        return AnonymousCredentials()  # type: ignore[no-untyped-call]
-    return None
-
-
 def pipeline_service_client(
     location: str, api_endpoint: str | None = None, credentials: Credentials | None = None
 ) -> aiplatform_v1.PipelineServiceClient:
     """A REST ``PipelineServiceClient`` for ``location`` (or for the given endpoint)."""
-    endpoint = vertex_api_endpoint(location, api_endpoint)
-    return aiplatform_v1.PipelineServiceClient(
-        transport="rest",
-        credentials=client_credentials(endpoint, credentials),
-        client_options=ClientOptions(api_endpoint=endpoint),
-    )
+    return vertex_client(aiplatform_v1.PipelineServiceClient, location, api_endpoint, credentials)
 
 
 # -- the pipeline job ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from google.api_core import exceptions as api_exceptions
 
 from components.common.config import DeploymentConfig, ModelConfig
 from components.common.errors import CloudOperationError, ConfigError, ModelIntakeError, UserError
+from components.common.vertex_clients import vertex_client
 
 if TYPE_CHECKING:  # aiplatform_v1 takes a second to import; intake imports this module for every run
     from google.auth.credentials import Credentials
@@ -123,39 +124,18 @@ def model_service_client(
     location: str, api_endpoint: str | None = None, credentials: Credentials | None = None
 ) -> aiplatform_v1.ModelServiceClient:
     """A REST ``ModelServiceClient`` for ``location`` (or for the given endpoint)."""
-    from google.api_core.client_options import ClientOptions
     from google.cloud import aiplatform_v1
 
-    endpoint = api_endpoint or f"{location}-aiplatform.googleapis.com"
-    return aiplatform_v1.ModelServiceClient(
-        transport="rest",
-        credentials=_credentials(endpoint, credentials),
-        client_options=ClientOptions(api_endpoint=endpoint),
-    )
+    return vertex_client(aiplatform_v1.ModelServiceClient, location, api_endpoint, credentials)
 
 
 def endpoint_service_client(
     location: str, api_endpoint: str | None = None, credentials: Credentials | None = None
 ) -> aiplatform_v1.EndpointServiceClient:
     """A REST ``EndpointServiceClient`` for ``location`` (or for the given endpoint)."""
-    from google.api_core.client_options import ClientOptions
     from google.cloud import aiplatform_v1
 
-    endpoint = api_endpoint or f"{location}-aiplatform.googleapis.com"
-    return aiplatform_v1.EndpointServiceClient(
-        transport="rest",
-        credentials=_credentials(endpoint, credentials),
-        client_options=ClientOptions(api_endpoint=endpoint),
-    )
-
-
-def _credentials(endpoint: str, credentials: Credentials | None) -> Credentials | None:
-    # Real credentials never go over plain HTTP; a plain-HTTP endpoint is a local fake.
-    if credentials is None and endpoint.startswith("http://"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return AnonymousCredentials()  # type: ignore[no-untyped-call]
-    return credentials
+    return vertex_client(aiplatform_v1.EndpointServiceClient, location, api_endpoint, credentials)
 
 
 def _to_version(model: aiplatform_v1.Model) -> RegistryModelVersion:
