@@ -21,13 +21,14 @@ import json
 import re
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from google.cloud import monitoring_dashboard_v1
 from google.protobuf import json_format
 
+from tests.fakes.loopback import LoopbackHTTPServer
 from tests.fakes.monitoring import RpcError, check_metric_filter
 
 _Dashboard = monitoring_dashboard_v1.Dashboard.pb()
@@ -73,7 +74,7 @@ class _Fault:
     after_commit: bool
 
 
-class FakeDashboards:
+class FakeDashboards(LoopbackHTTPServer):
     """The dashboards REST API on a loopback port; ``with FakeDashboards() as fake:``.
 
     Clients reach it at :attr:`address` (``http://127.0.0.1:PORT``). Introspection returns copies
@@ -82,8 +83,6 @@ class FakeDashboards:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._dashboards: dict[str, Any] = {}
         self._faults: list[_Fault] = []
         self._ids = itertools.count(1)
@@ -91,9 +90,7 @@ class FakeDashboards:
 
     @property
     def address(self) -> str:
-        if self._server is None:
-            raise RuntimeError("FakeDashboards is not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeDashboards:
         fake = self
@@ -101,26 +98,8 @@ class FakeDashboards:
         class Handler(_Handler):
             owner = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
+        self._serve(Handler, name="fake-dashboards")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeDashboards:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------------ test-facing API
     def fail_next(

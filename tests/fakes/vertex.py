@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -34,6 +34,8 @@ from google.cloud import aiplatform_v1 as v1
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 from google.rpc import status_pb2
+
+from tests.fakes.loopback import LoopbackHTTPServer
 
 AUTOSCALING_METRICS = (
     "aiplatform.googleapis.com/prediction/online/cpu/utilization",
@@ -148,7 +150,7 @@ class _ModelResource:
     next_version: int = 1
 
 
-class FakeVertex:
+class FakeVertex(LoopbackHTTPServer):
     """An in-memory Vertex AI served over REST on 127.0.0.1.
 
     Args:
@@ -183,17 +185,12 @@ class FakeVertex:
         self._ids = itertools.count(1000)
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
     @property
     def address(self) -> str:
         """``http://127.0.0.1:PORT``, the value for ``client_options={"api_endpoint": ...}``."""
-        if self._server is None:
-            raise RuntimeError("FakeVertex is not started")
-        port = self._server.server_address[1]
-        return f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, port: int = 0) -> FakeVertex:
         fake = self
@@ -201,25 +198,8 @@ class FakeVertex:
         class Handler(_Handler):
             owner = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-vertex", daemon=True
-        )
-        self._thread.start()
+        self._serve(Handler, port, name="fake-vertex")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeVertex:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- fault hooks
     def fail_next_operation(

@@ -23,7 +23,7 @@ import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -32,6 +32,8 @@ import pytest
 from google.cloud import aiplatform_v1
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+from tests.fakes.loopback import LoopbackHTTPServer
 
 _HTTP_STATUS = {
     400: "INVALID_ARGUMENT",
@@ -90,7 +92,7 @@ def _pb(message_type: Any) -> Message:
     return pb
 
 
-class FakeVertexPipelines:
+class FakeVertexPipelines(LoopbackHTTPServer):
     """In-memory Vertex AI REST service on ``127.0.0.1``; use as a context manager.
 
     Args:
@@ -121,16 +123,13 @@ class FakeVertexPipelines:
         self.default_page_size = 100
         self._ids = itertools.count(1001)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def endpoint(self) -> str:
         """``http://127.0.0.1:PORT``: pass as ``api_endpoint``."""
-        assert self._server is not None, "start() the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeVertexPipelines:
         fake = self
@@ -151,26 +150,8 @@ class FakeVertexPipelines:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(Handler, name="fake-vertex-pipelines")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeVertexPipelines:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- test controls -----------------------------------------------------------------------
 
