@@ -33,7 +33,7 @@ from pipelines.submit import (
     config_from_arguments,
     fill_deployment_defaults,
     load_pipeline_spec,
-    parse_labels,
+    run_target_options,
 )
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-A-Za-z?]+$")
@@ -421,13 +421,7 @@ def run_schedule_create_command(args: argparse.Namespace) -> int:
         start_time=args.start_time,
         end_time=args.end_time,
         max_run_count=args.max_runs,
-        service_account=args.service_account,
-        network=args.network,
-        labels=parse_labels(args.label),
-        enable_caching=False if args.no_cache else None,
-        encryption_spec_key_name=args.kms_key,
-        api_endpoint=args.api_endpoint,
-        check_bucket=None if args.skip_bucket_check else check_pipeline_root,
+        **run_target_options(args),
     )
     print(f"Created {info.resource_name} ({info.display_name}): {info.cron}, {info.state}")
     print(f"Console: https://console.cloud.google.com/vertex-ai/pipelines/schedules?project={args.project}")

@@ -615,6 +615,19 @@ def add_submit_arguments(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def run_target_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of the options :func:`add_run_target_arguments` adds, as the API takes them."""
+    return {
+        "service_account": args.service_account,
+        "network": args.network,
+        "labels": parse_labels(args.label),
+        "enable_caching": False if args.no_cache else None,
+        "encryption_spec_key_name": args.kms_key,
+        "api_endpoint": args.api_endpoint,
+        "check_bucket": None if args.skip_bucket_check else check_pipeline_root,
+    }
+
+
 def run_submit_command(args: argparse.Namespace) -> int:
     """``vxdeploy submit``: 0 when submitted (with ``--wait``: succeeded), 1 when the run did not succeed."""
     run = submit_pipeline(
@@ -623,16 +636,10 @@ def run_submit_command(args: argparse.Namespace) -> int:
         location=args.location,
         pipeline_root=args.pipeline_root,
         template_path=args.template,
-        service_account=args.service_account,
-        network=args.network,
-        labels=parse_labels(args.label),
-        enable_caching=False if args.no_cache else None,
-        encryption_spec_key_name=args.kms_key,
-        api_endpoint=args.api_endpoint,
+        **run_target_options(args),
         wait=args.wait,
         job_id=args.job_id,
         display_name=args.display_name,
-        check_bucket=None if args.skip_bucket_check else check_pipeline_root,
         poll_interval_s=args.poll_interval,
         timeout_s=args.timeout,
     )
