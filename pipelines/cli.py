@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.common.config import RunConfig, load_config
-from components.common.errors import UserError, VxdeployError
+from components.common.config import RunConfig, load_config, parse_set_override
+from components.common.errors import ConfigError, UserError, VxdeployError
 
 DEFAULT_COMPILED = Path("compiled/optimize_and_deploy.yaml")
 
@@ -26,21 +26,33 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         overrides["deployment.api_endpoint"] = args.api_endpoint
         overrides["deployment.enabled"] = True
     for item in getattr(args, "set", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(
-                f"--set {item!r}: use section.field=value, e.g. --set selection.policy=min_latency"
-            )
-        import yaml
-
-        overrides[key.strip()] = yaml.safe_load(value)
+        key, value = parse_set_override(item)
+        overrides[key] = value
     return load_config(getattr(args, "config", None), overrides)
+
+
+def _check_output_file(path: Path, flag: str) -> None:
+    """Say clearly why a file cannot be written at ``path`` (a folder there, a file above it)."""
+    target = path.expanduser().absolute()
+    if target.is_dir():
+        raise ConfigError(flag, str(path), "is a directory; give a file name, e.g. compiled/pipeline.yaml")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(flag, str(path), f"{str(parent)!r} is a file, so nothing can be written under it")
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines.compile import compile_pipeline
 
-    path = compile_pipeline(Path(args.output))
+    _check_output_file(Path(args.output), "--output")
+    try:
+        path = compile_pipeline(Path(args.output), registry=args.registry)
+    except OSError as exc:
+        raise ConfigError(
+            "--output", args.output, f"cannot be written ({exc.strerror or exc}); give a writable path"
+        ) from None
     print(f"wrote {path}")
     return 0
 
@@ -52,19 +64,40 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from pipelines.local_run import default_workdir, print_result, run_local
+    from components.common.interrupts import signals_raise
+    from pipelines.local_run import check_workdir, default_workdir, print_result, run_local
 
-    config = _config_from_args(args)
     workdir = Path(args.workdir) if args.workdir else default_workdir()
+    check_workdir(workdir)
+    config = _config_from_args(args)
     print(f"vxdeploy: running locally in {workdir}", flush=True)
-    result = run_local(config, workdir)
+    with signals_raise():  # SIGTERM unwinds like Ctrl-C: temp folders go, the report says so
+        result = run_local(config, workdir)
     print_result(result)
-    return 0 if result.succeeded else 1
+    return result.exit_code
+
+
+def _validated_subject(args: argparse.Namespace) -> str:
+    """What ``vxdeploy validate`` was asked to check, in words (config file, model, data, overrides)."""
+    parts = [f"config {args.config}" if args.config else "default config"]
+    named = (("model", "model"), ("calibration_data", "calibration data"), ("eval_data", "eval data"))
+    for flag, label in named:
+        if getattr(args, flag, None):
+            parts.append(f"{label} {getattr(args, flag)}")
+    if args.set:
+        parts.append(f"{len(args.set)} --set override(s)")
+    return ", ".join(parts)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from components.validate.checks import validate_run
+
     config = _config_from_args(args)
-    print(f"{args.config or 'defaults'}: valid ({len(config.to_pipeline_parameters())} sections)")
+    report = validate_run(config, subject=_validated_subject(args), check_task_images=args.images)
+    report.raise_if_failed()
+    for check in report.checks:
+        print(f"  {check.status:<7} {check.name}" + (f": {check.detail}" if check.detail else ""))
+    print(report.summary())
     return 0
 
 
@@ -82,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile the pipeline to YAML for Vertex AI")
     p.add_argument("--output", default=str(DEFAULT_COMPILED))
+    p.add_argument(
+        "--registry",
+        help="registry prefix the images were pushed to by `make images` "
+        "(default: $VXDEPLOY_REGISTRY or the built-in one), e.g. us-docker.pkg.dev/PROJECT/vxdeploy",
+    )
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run the pipeline (on this machine with --local)")
@@ -91,7 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a run config and exit")
+    p = sub.add_parser(
+        "validate", help="check a run config, its model and data (and cloud prerequisites) and exit"
+    )
+    p.add_argument(
+        "--images",
+        action="store_true",
+        help="also check that the pipeline's task images exist in the registry (before `vxdeploy submit`)",
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
 
@@ -100,13 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_cloud_commands(sub: Any) -> None:
-    from pipelines import schedule, submit
+    from pipelines import rollback, schedule, submit
 
     submit.add_submit_arguments(sub)
     schedule.add_schedule_arguments(sub)
+    rollback.add_rollback_arguments(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command: 0 done, 2 a user error (one message), 1 an internal error, 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -117,7 +164,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VxdeployError as exc:
         print(f"vxdeploy: internal error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("vxdeploy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line here, the traceback in a file
+        log = _log_traceback(exc)
+        print(
+            f"vxdeploy: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+            f"(a bug in vxdeploy or its environment; traceback in {log})",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _log_traceback(exc: BaseException) -> Path:
+    """Write ``exc``'s traceback under ``$XDG_CACHE_HOME/vxdeploy/errors`` (or the temp folder)."""
+    import datetime as dt
+    import os
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vxdeploy" / "errors"
+    for folder in (base, Path(tempfile.gettempdir())):
+        path = folder / f"traceback-{stamp}-{os.getpid()}.log"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    return Path("(could not be written)")
+
+
+def entry() -> None:
+    """The ``vxdeploy`` executable: :func:`main`, then exit with its status.
+
+    An interrupted run has stopped its tasks and servers and written its report by the time
+    :func:`main` returns; what is left is the interpreter's teardown, which takes seconds with
+    torch loaded and would push the stop past the 5 s a user waits for. So that exit skips it.
+    """
+    code = main()
+    if code == 130:
+        import logging
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -8,23 +8,80 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kfp import compiler
+from google.protobuf import json_format
+from kfp.compiler import pipeline_spec_builder
+from kfp.pipeline_spec import pipeline_spec_pb2
 
+from components.common import images
+from components.common.errors import ConfigError
 from pipelines.optimize_and_deploy import optimize_and_deploy
 
+_REGISTRY_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+$")
 
-def compile_pipeline(output: Path) -> Path:
-    """Write the compiled pipeline to ``output`` atomically."""
+
+def check_registry(registry: str) -> str:
+    """A registry prefix as images are named under it (``us-docker.pkg.dev/PROJECT/REPOSITORY``).
+
+    Raises:
+        ConfigError: not HOST[:PORT]/PATH in lowercase.
+    """
+    value = registry.strip().rstrip("/")
+    if not _REGISTRY_RE.match(value):
+        raise ConfigError(
+            "--registry",
+            registry,
+            "give the registry prefix the images were pushed to (`make images REGISTRY=...`), "
+            "e.g. us-docker.pkg.dev/my-project/vxdeploy",
+        )
+    return value
+
+
+def compile_pipeline(output: Path, registry: str | None = None) -> Path:
+    """Write the compiled pipeline to ``output`` atomically, its tasks running the images of ``registry``.
+
+    Args:
+        output: The YAML file to write.
+        registry: Registry prefix of the project's images (default: ``$VXDEPLOY_REGISTRY``, else the
+            built-in one). Every task runs that registry's image and gets it as ``VXDEPLOY_REGISTRY``,
+            so the serving image the model is uploaded with comes from the same registry.
+    """
+    target = check_registry(registry) if registry else images.registry()
+    spec = pipeline_spec_pb2.PipelineSpec()
+    spec.CopyFrom(optimize_and_deploy.pipeline_spec)
+    _use_registry(spec, target)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=output.parent, delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
-        compiler.Compiler().compile(optimize_and_deploy, str(tmp_path))
+        pipeline_spec_builder.write_pipeline_spec_to_file(
+            pipeline_spec=spec,
+            pipeline_description=optimize_and_deploy.description,
+            platform_spec=optimize_and_deploy.platform_spec,
+            package_path=str(tmp_path),
+        )
         tmp_path.write_text(_stable_header(tmp_path.read_text()))
         tmp_path.replace(output)
     finally:
         tmp_path.unlink(missing_ok=True)
     return output
+
+
+def _use_registry(spec: pipeline_spec_pb2.PipelineSpec, registry: str) -> None:
+    """Point every task at the project's images in ``registry`` and tell the task which registry it is.
+
+    The component decorators name the images of the registry this process imported them with.
+    """
+    imported = {images.image(n, images.REGISTRY): images.image(n, registry) for n in images.IMAGE_NAMES}
+    deployment = json_format.MessageToDict(spec.deployment_spec)
+    for executor in deployment.get("executors", {}).values():
+        container = executor.get("container")
+        if container is None:
+            continue
+        container["image"] = imported.get(container["image"], container["image"])
+        env = [e for e in container.get("env", []) if e.get("name") != images.REGISTRY_ENV]
+        container["env"] = [*env, {"name": images.REGISTRY_ENV, "value": registry}]
+    spec.deployment_spec.Clear()
+    spec.deployment_spec.update(deployment)
 
 
 _DEFAULT_COMMENT = re.compile(r"^(#\s+\w+: (?:dict|list) \[Default: )(.*)(\])$")
@@ -53,10 +110,10 @@ def _stable_header(text: str) -> str:
     return "".join(lines)
 
 
-def compiled_text() -> str:
+def compiled_text(registry: str | None = None) -> str:
     """What the current source compiles to."""
     with tempfile.TemporaryDirectory() as tmp:
-        return compile_pipeline(Path(tmp) / "p.yaml").read_text()
+        return compile_pipeline(Path(tmp) / "p.yaml", registry).read_text()
 
 
 def check_compiled(committed: Path) -> list[str]:

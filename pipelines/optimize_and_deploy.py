@@ -14,7 +14,9 @@ from components.export.component import export_onnx
 from components.intake.component import intake_model
 from components.monitoring.component import setup_monitoring
 from components.package.component import package_triton_repository, serve_check
+from components.package.triton_install import SERVING_IMAGE_TRITON, TRITON_ROOT_ENV
 from components.select.component import select_candidate
+from components.validate.component import validate_run_inputs
 
 PIPELINE_NAME = "vxdeploy-optimize-and-deploy"
 _DEFAULTS = RunConfig().to_pipeline_parameters()
@@ -70,8 +72,27 @@ def optimize_and_deploy(
     exit_task.set_display_name("Roll back on failure").set_caching_options(False)
 
     with dsl.ExitHandler(exit_task, name="rollout"):
+        # First, and on a small CPU machine: every config section, the model, the data, the lease
+        # and the images are checked before any heavy task (or GPU) starts.
+        validated = validate_run_inputs(
+            model=model,
+            data=data,
+            export=export,
+            quantization=quantization,
+            compilation=compilation,
+            selection=selection,
+            triton=triton,
+            deployment=deployment,
+            canary=canary,
+            monitoring=monitoring,
+            service_levels=service_levels,
+            run_id=run_id,
+        )
+        validated.set_display_name("Validate run inputs").set_caching_options(False)
+
         intake = intake_model(model=model, data=data, deployment=deployment)
         intake.set_display_name("Model and data intake").set_caching_options(False)
+        intake.after(validated)
 
         with dsl.If(intake.outputs["proceed"] == True, name="model-not-yet-deployed"):  # noqa: E712
             exported = export_onnx(
@@ -123,12 +144,19 @@ def optimize_and_deploy(
                 deployment=deployment,
             ).set_display_name("Package Triton repository")
 
+            # On the serving image and the deployment's GPU (the one accelerator parameter): the
+            # check serves the repository with the production tritonserver before deployment.
             checked = serve_check(
                 triton_repository=packaged.outputs["triton_repository"],
                 source_model=intake.outputs["source_model"],
                 eval_data=intake.outputs["eval_data"],
                 triton=triton,
+                deployment=deployment,
+                service_levels=service_levels,
             ).set_display_name("Serve check (Triton)")
+            checked.set_accelerator_type(build_accelerator_type).set_accelerator_limit(
+                build_accelerator_count
+            ).set_env_variable(TRITON_ROOT_ENV, str(SERVING_IMAGE_TRITON))
 
             with dsl.If(intake.outputs["deploy"] == True, name="deploy-enabled"):  # noqa: E712
                 deployed = (

@@ -10,6 +10,7 @@ from components.common.stage import markdown_table, write_json, write_text_atomi
 
 # Pipeline order; the task names kfp gives the components.
 STAGE_TASKS: tuple[tuple[str, str], ...] = (
+    ("validate", "validate-run-inputs"),
     ("intake", "intake-model"),
     ("export", "export-onnx"),
     ("calibrate", "calibrate-int8"),
@@ -88,12 +89,15 @@ def build_report(
         "skipped_candidates": details("compile").get("skipped", []),
         "selected": select_details.get("selected"),
         "selection_reason": summary("select").get("reason", ""),
-        "cost": select_details.get("cost"),
+        # Priced from Triton's served throughput when the serve check measured it, else from selection.
+        "cost": details("serve_check").get("cost") or select_details.get("cost"),
+        "selection_cost": select_details.get("cost"),
         "triton_repository": package_summary.get("repository_path", ""),
         "serve_check": {
             "status": reports.get("serve_check", {}).get("status", "not run"),
             **summary("serve_check"),
         },
+        "serve_check_markdown": details("serve_check").get("markdown", ""),
         "cloud": {
             name: {
                 "status": reports.get(name, {}).get("status", "not run"),
@@ -113,6 +117,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     out = [f"# vxdeploy run `{report['run_id']}`", "", f"Status: **{report['status']}**", ""]
     if report.get("error"):
         out += [f"Error: {report['error']}", ""]
+    if report.get("failed_log"):
+        tail = report.get("failed_log_tail") or []
+        out += [f"Log of the failing task: `{report['failed_log']}`", ""]
+        if tail:
+            out += ["```", *tail, "```", ""]
     out += [
         "## Stages",
         "",
@@ -139,6 +148,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["## Cost", "", cost["markdown"], ""]
     if report["serve_check"]:
         out += ["## Serve check", "", markdown_table([report["serve_check"]])]
+    if report.get("serve_check_markdown"):
+        # Verdict, substitutions, the serving sweep and the served cost table, one level down.
+        out += [report["serve_check_markdown"], ""]
     out += [
         "## Cloud",
         "",

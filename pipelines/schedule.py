@@ -12,7 +12,7 @@ import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,9 @@ from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import Credentials
 from google.cloud import aiplatform_v1
 
+from components.cloud.vertex import vertex_client
 from components.common.config import RunConfig
 from components.common.errors import CloudOperationError, ConfigError, UserError
-from components.common.vertex_clients import vertex_client
 from pipelines.submit import (
     DEFAULT_LOCATION,
     DEFAULT_TEMPLATE,
@@ -34,9 +34,18 @@ from pipelines.submit import (
     fill_deployment_defaults,
     load_pipeline_spec,
     run_target_options,
+    vertex_errors,
 )
 
 _CRON_FIELD = re.compile(r"^[0-9*/,\-A-Za-z?]+$")
+# Each cron field: its name, its range, and the names it accepts for values.
+_CRON_RANGES: tuple[tuple[str, int, int, tuple[str, ...]], ...] = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day-of-month", 1, 31, ()),
+    ("month", 1, 12, ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")),
+    ("day-of-week", 0, 7, ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")),
+)
 _TZ_PREFIX = re.compile(r"^(?:CRON_)?TZ=(\S+)\s+(.*)$")
 
 
@@ -88,6 +97,8 @@ def schedule_cron(cron: str, time_zone: str | None = None) -> str:
         raise ConfigError(
             "--cron", cron, "give five fields: minute hour day-of-month month day-of-week, e.g. '0 3 * * *'"
         )
+    for value, spec in zip(fields, _CRON_RANGES, strict=True):
+        _check_cron_field(cron, value, *spec)
     if zone is None:
         return text
     if zone not in zoneinfo.available_timezones():
@@ -95,6 +106,36 @@ def schedule_cron(cron: str, time_zone: str | None = None) -> str:
             "--time-zone", zone, "use an IANA time zone name, e.g. America/New_York or Europe/Paris"
         )
     return f"TZ={zone} {text}"
+
+
+def _check_cron_field(cron: str, value: str, name: str, low: int, high: int, names: tuple[str, ...]) -> None:
+    """One cron field: ``*``, numbers or names in range, ``a-b`` ranges, ``/step``, comma lists."""
+
+    def number(text: str) -> int:
+        if text.upper() in names:
+            return names.index(text.upper()) + (low if name == "month" else 0)
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise ConfigError(
+                "--cron",
+                cron,
+                f"the {name} field {value!r} has {text!r}; it takes {low}-{high}"
+                + (f" or {names[0]}-{names[-1]}" if names else "")
+                + ", e.g. '0 3 * * *' runs at 03:00 every day",
+            )
+        return int(text)
+
+    for part in value.split(","):
+        base, _, step = part.partition("/")
+        if step and (not step.isdigit() or int(step) < 1):
+            raise ConfigError("--cron", cron, f"the {name} field {value!r} has step {step!r}; give 1 or more")
+        if base in ("*", "?"):
+            continue
+        first, dash, last = base.partition("-")
+        start = number(first)
+        if dash and number(last) < start:
+            raise ConfigError(
+                "--cron", cron, f"the {name} field {value!r} has a range that ends before it starts"
+            )
 
 
 def _info(schedule: aiplatform_v1.Schedule) -> ScheduleInfo:
@@ -189,6 +230,12 @@ def create_schedule(
         CloudOperationError: Vertex AI refused or failed the request.
     """
     full_cron = schedule_cron(cron, time_zone)
+    if start_time is not None and end_time is not None and _aware(end_time) <= _aware(start_time):
+        raise ConfigError(
+            "--end-time",
+            end_time.isoformat(),
+            f"is not after --start-time {start_time.isoformat()}; give an end after the start",
+        )
     if max_concurrent_run_count < 1:
         raise ConfigError("--max-concurrent-runs", max_concurrent_run_count, "give 1 or more")
     if max_run_count is not None and max_run_count < 1:
@@ -237,6 +284,11 @@ def create_schedule(
     except api_exceptions.GoogleAPIError as exc:
         raise CloudOperationError(f"Vertex AI did not create the schedule: {exc}") from exc
     return _info(created)
+
+
+def _aware(moment: datetime) -> datetime:
+    """A time without a zone is UTC (as Vertex reads it), so naive and aware times compare."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def resolve_schedule_name(
@@ -407,29 +459,31 @@ def add_schedule_arguments(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_schedule_create_command(args: argparse.Namespace) -> int:
     config = config_from_arguments(args)
-    info = create_schedule(
-        config,
-        project=args.project,
-        location=args.location,
-        pipeline_root=args.pipeline_root,
-        cron=args.cron,
-        display_name=args.display_name or f"vxdeploy {config.model.name}",
-        template_path=args.template,
-        time_zone=args.time_zone,
-        max_concurrent_run_count=args.max_concurrent_runs,
-        allow_queueing=args.allow_queueing,
-        start_time=args.start_time,
-        end_time=args.end_time,
-        max_run_count=args.max_runs,
-        **run_target_options(args),
-    )
+    with vertex_errors(args.location, args.api_endpoint):
+        info = create_schedule(
+            config,
+            project=args.project,
+            location=args.location,
+            pipeline_root=args.pipeline_root,
+            cron=args.cron,
+            display_name=args.display_name or f"vxdeploy {config.model.name}",
+            template_path=args.template,
+            time_zone=args.time_zone,
+            max_concurrent_run_count=args.max_concurrent_runs,
+            allow_queueing=args.allow_queueing,
+            start_time=args.start_time,
+            end_time=args.end_time,
+            max_run_count=args.max_runs,
+            **run_target_options(args),
+        )
     print(f"Created {info.resource_name} ({info.display_name}): {info.cron}, {info.state}")
     print(f"Console: https://console.cloud.google.com/vertex-ai/pipelines/schedules?project={args.project}")
     return 0
 
 
 def run_schedule_list_command(args: argparse.Namespace) -> int:
-    schedules = list_schedules(args.project, args.location, api_endpoint=args.api_endpoint)
+    with vertex_errors(args.location, args.api_endpoint):
+        schedules = list_schedules(args.project, args.location, api_endpoint=args.api_endpoint)
     if not schedules:
         print(f"No schedules in {args.project}, {args.location}.")
         return 0
@@ -446,14 +500,19 @@ def run_schedule_list_command(args: argparse.Namespace) -> int:
 
 def _simple_command(verb: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        if verb == "pause":
-            name = pause_schedule(args.name, args.project, args.location, api_endpoint=args.api_endpoint)
-        elif verb == "resume":
-            name = resume_schedule(
-                args.name, args.project, args.location, catch_up=args.catch_up, api_endpoint=args.api_endpoint
-            )
-        else:
-            name = delete_schedule(args.name, args.project, args.location, api_endpoint=args.api_endpoint)
+        with vertex_errors(args.location, args.api_endpoint):
+            if verb == "pause":
+                name = pause_schedule(args.name, args.project, args.location, api_endpoint=args.api_endpoint)
+            elif verb == "resume":
+                name = resume_schedule(
+                    args.name,
+                    args.project,
+                    args.location,
+                    catch_up=args.catch_up,
+                    api_endpoint=args.api_endpoint,
+                )
+            else:
+                name = delete_schedule(args.name, args.project, args.location, api_endpoint=args.api_endpoint)
         print(f"{_PAST_TENSE[verb]} {name}")
         return 0
 

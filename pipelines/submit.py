@@ -14,7 +14,8 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,11 +27,12 @@ from google.auth.credentials import Credentials
 from google.cloud import aiplatform_v1
 from google.protobuf import json_format
 
-from components.common.config import RunConfig, load_config
+from components.cloud.labels import label_value
+from components.cloud.vertex import vertex_api_endpoint, vertex_client
+from components.common.config import RunConfig, load_config, parse_set_override
 from components.common.errors import CloudOperationError, ConfigError, UserError
 from components.common.images import VERSION
 from components.common.uris import localize
-from components.common.vertex_clients import vertex_client
 
 DEFAULT_TEMPLATE = Path("compiled/optimize_and_deploy.yaml")
 DEFAULT_LOCATION = "us-central1"
@@ -85,6 +87,40 @@ class SubmittedRun:
 
 
 # -- clients ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def vertex_errors(location: str, api_endpoint: str | None = None) -> Iterator[None]:
+    """Turn "no credentials" and "cannot connect" from a Vertex AI call into one message with the fix.
+
+    Raises:
+        UserError: no Application Default Credentials, or the API endpoint cannot be reached.
+    """
+    from google.auth.exceptions import DefaultCredentialsError, TransportError
+    from requests.exceptions import ConnectionError as RequestsConnectionError
+    from requests.exceptions import Timeout
+
+    endpoint = vertex_api_endpoint(location, api_endpoint)
+    try:
+        yield
+    except DefaultCredentialsError:
+        raise UserError(
+            "no Google Cloud credentials found; run `gcloud auth application-default login` (or set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file), then try again"
+        ) from None
+    except (RequestsConnectionError, Timeout, TransportError, api_exceptions.RetryError) as exc:
+        raise UserError(
+            f"cannot reach Vertex AI at {endpoint} ({_root_cause(exc)}); check --api-endpoint, --location "
+            "and the network (proxy, VPC Service Controls)"
+        ) from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    text = str(exc).strip().splitlines()
+    reason = re.sub(r"<[^>]*>: ", "", text[-1] if text else "")
+    return f"{type(exc).__name__}: {reason}"[:200]
 
 
 def pipeline_service_client(
@@ -162,11 +198,6 @@ def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
                 "label values are at most 63 lowercase letters, digits, '_' or '-'",
             )
     return dict(labels)
-
-
-def label_value(text: str) -> str:
-    """``text`` made into a valid label value (lowercase, other characters to '-', at most 63)."""
-    return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-")[:63]
 
 
 def default_labels(config: RunConfig) -> dict[str, str]:
@@ -534,15 +565,7 @@ def submit_pipeline(
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``['model.uri=gs://b/m.pt2', 'canary.steps=[50, 100]']`` to dotted overrides (values read as YAML)."""
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(
-                "--set", pair, "write overrides as section.field=value, e.g. model.uri=gs://b/m.pt2"
-            )
-        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return overrides
+    return dict(parse_set_override(pair) for pair in pairs)
 
 
 def add_run_target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -630,19 +653,21 @@ def run_target_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_submit_command(args: argparse.Namespace) -> int:
     """``vxdeploy submit``: 0 when submitted (with ``--wait``: succeeded), 1 when the run did not succeed."""
-    run = submit_pipeline(
-        config_from_arguments(args),
-        project=args.project,
-        location=args.location,
-        pipeline_root=args.pipeline_root,
-        template_path=args.template,
-        **run_target_options(args),
-        wait=args.wait,
-        job_id=args.job_id,
-        display_name=args.display_name,
-        poll_interval_s=args.poll_interval,
-        timeout_s=args.timeout,
-    )
+    config = config_from_arguments(args)
+    with vertex_errors(args.location, args.api_endpoint):
+        run = submit_pipeline(
+            config,
+            project=args.project,
+            location=args.location,
+            pipeline_root=args.pipeline_root,
+            template_path=args.template,
+            **run_target_options(args),
+            wait=args.wait,
+            job_id=args.job_id,
+            display_name=args.display_name,
+            poll_interval_s=args.poll_interval,
+            timeout_s=args.timeout,
+        )
     if args.wait and not run.succeeded:
         print(
             f"{run.job_id} ended {run.state.removeprefix('PIPELINE_STATE_')}: {run.console_url}",

@@ -14,8 +14,8 @@ import importlib.util
 import io
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,22 @@ BACKENDS = ("onnxruntime", "modelopt")
 _MODELOPT_METHODS = {"entropy": "entropy", "max": "max"}
 NUM_QUANTIZED_BINS = 128
 """Bins of the 8-bit target distribution in the entropy (KL) search, as TensorRT's calibrator uses."""
+
+
+def cpu_has_vnni() -> bool:
+    """True when the CPU has AVX-VNNI or AVX512-VNNI (integer dot products without int16 saturation)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # unknown: do not warn
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def effective_reduce_range(cfg: QuantizationConfig) -> bool:
+    """``quantization.reduce_range`` resolved: 'auto' is 7-bit weights only on CPUs without VNNI."""
+    if isinstance(cfg.reduce_range, bool):
+        return cfg.reduce_range
+    return not cpu_has_vnni()
 
 
 def modelopt_available() -> bool:
@@ -70,18 +86,38 @@ def resolve_backend(cfg: QuantizationConfig) -> str:
     return "onnxruntime"
 
 
+HISTOGRAM_SAFE_LIMIT = 1e30
+"""Largest magnitude an activation may hold and still be calibrated and quantized.
+
+Attention masks turned into additive biases hold ``finfo(float32).min`` (about -3.4e38): no
+histogram of finite-sized bins spans that, and an 8-bit scale over it rounds every real value to
+zero. Tensors beyond this limit are sentinels, not activations: they are left out of calibration
+and the nodes that read or write them stay in float.
+"""
+
+
 @dataclass(frozen=True)
 class CalibrationRanges:
-    """Activation ranges per tensor, as computed by ONNX Runtime's calibrator, and their cache file."""
+    """Activation ranges per tensor, as computed by ONNX Runtime's calibrator, and their cache file.
+
+    Attributes:
+        method: The calibration method.
+        cache_path: The ranges in ONNX Runtime's calibration-cache format.
+        ranges: ``(min, max)`` per calibrated tensor.
+        unquantizable: Tensors left out because they hold values beyond
+            :data:`HISTOGRAM_SAFE_LIMIT` (or non-finite ones), with the largest magnitude seen.
+    """
 
     method: str
     cache_path: Path
     ranges: dict[str, tuple[list[float], list[float]]]
+    unquantizable: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "tensors": {k: {"min": lo, "max": hi} for k, (lo, hi) in sorted(self.ranges.items())},
+            "unquantizable": dict(sorted(self.unquantizable.items())),
         }
 
 
@@ -90,30 +126,49 @@ def compute_ranges(
     inputs: Mapping[str, np.ndarray],
     cfg: QuantizationConfig,
     cache_path: str | Path,
+    op_types: Sequence[str] | None = None,
 ) -> CalibrationRanges:
     """Run ONNX Runtime's calibrator on real samples with the configured method and bins.
+
+    Batches go through the calibration graph one at a time and are folded into the histograms
+    (or min/max) as they come: ONNX Runtime's own ``collect_data`` stacks every batch's
+    activations into one array, which fails when the last batch is shorter (any sample count
+    not a multiple of ``calibration_batch_size``) or sequence lengths differ between batches,
+    and holds every activation of every sample in memory at once.
 
     Args:
         fp32_path: The FP32 ONNX model.
         inputs: Calibration samples by input name (already checked).
         cfg: Method (entropy, max, percentile), ``num_bins`` and ``percentile``.
         cache_path: Where the ranges are saved in ONNX Runtime's calibration-cache format.
+        op_types: Calibrate only the tensors of these operator types (None: every operator).
     """
     from onnxruntime.quantization import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import TensorsData
 
     method, options = _ort_calibration(cfg)
+    if method not in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):
+        raise InternalError(f"unexpected calibration method {method}")
+    reader = BatchReader(inputs, cfg.calibration_batch_size)
     with tempfile.TemporaryDirectory(prefix="vx-calib-") as tmp, _quiet():
         calibrator = create_calibrator(
             Path(fp32_path),
-            None,
+            list(op_types) if op_types else None,
             augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=method,
             providers=["CPUExecutionProvider"],
             extra_options=options,
         )
-        calibrator.collect_data(BatchReader(inputs, cfg.calibration_batch_size))
-        tensors = calibrator.compute_data()
+        if method == CalibrationMethod.MinMax:
+            calibrator.collect_data(reader)
+            tensors = calibrator.compute_data()
+            unquantizable = _drop_unbounded(tensors)
+        else:
+            collected, unquantizable = _collect_histograms(calibrator, reader)
+            tensors = TensorsData(method, collected)
         del calibrator
+    if unquantizable:
+        log.info("not calibrated (values beyond %.0e): %s", HISTOGRAM_SAFE_LIMIT, sorted(unquantizable))
     save_tensors_data(tensors, Path(cache_path))
     ranges = {
         name: (
@@ -122,9 +177,62 @@ def compute_ranges(
         )
         for name, td in tensors.data.items()
     }
-    if method not in (CalibrationMethod.MinMax, CalibrationMethod.Entropy, CalibrationMethod.Percentile):
-        raise InternalError(f"unexpected calibration method {method}")
-    return CalibrationRanges(method=cfg.method, cache_path=Path(cache_path), ranges=ranges)
+    return CalibrationRanges(
+        method=cfg.method, cache_path=Path(cache_path), ranges=ranges, unquantizable=unquantizable
+    )
+
+
+def _bounded(arr: np.ndarray) -> float | None:
+    """None when every value is finite and within :data:`HISTOGRAM_SAFE_LIMIT`, else the largest magnitude."""
+    if arr.size == 0:
+        return None
+    peak = float(np.max(np.abs(arr)))
+    return None if np.isfinite(peak) and peak <= HISTOGRAM_SAFE_LIMIT else peak
+
+
+def _collect_histograms(calibrator: Any, reader: BatchReader) -> tuple[dict[str, Any], dict[str, float]]:
+    """Fold batch after batch into ONNX Runtime's histogram collector, leaving unbounded tensors out."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    session = calibrator.infer_session
+    names = [o.name for o in session.get_outputs()]
+    wanted = set(calibrator.tensors_to_calibrate)
+    collector = HistogramCollector(
+        method=calibrator.method,
+        symmetric=calibrator.symmetric,
+        num_bins=calibrator.num_bins,
+        num_quantized_bins=calibrator.num_quantized_bins,
+        percentile=calibrator.percentile,
+        scenario=calibrator.scenario,
+    )
+    unbounded: dict[str, float] = {}
+    for batch in iter(reader.get_next, None):
+        arrays = {}
+        for name, arr in zip(names, session.run(None, batch), strict=True):
+            if name not in wanted or name in unbounded:
+                continue
+            peak = _bounded(arr)
+            if peak is None:
+                arrays[name] = [arr]
+            else:
+                unbounded[name] = peak
+                collector.histogram_dict.pop(name, None)
+        collector.collect(arrays)
+    if not collector.histogram_dict:
+        raise InternalError("calibration collected no activation histogram (no calibratable tensor)")
+    return collector.compute_collection_result(), unbounded
+
+
+def _drop_unbounded(tensors: Any) -> dict[str, float]:
+    """Remove min/max ranges beyond :data:`HISTOGRAM_SAFE_LIMIT` from ``tensors``; return them."""
+    dropped = {}
+    for name, td in list(tensors.data.items()):
+        lo, hi = (np.asarray(v, dtype=np.float64) for v in td.range_value)
+        peak = _bounded(np.concatenate([np.ravel(lo), np.ravel(hi)]))
+        if peak is not None:
+            dropped[name] = peak
+            del tensors.data[name]
+    return dropped
 
 
 def _ort_calibration(cfg: QuantizationConfig) -> tuple[Any, dict[str, Any]]:
@@ -143,34 +251,50 @@ def quantize_onnxruntime(
     ranges: CalibrationRanges,
     cfg: QuantizationConfig,
     nodes_to_exclude: Sequence[str] = (),
+    op_types: Sequence[str] | None = None,
 ) -> Path:
     """Write an explicit Q/DQ model with ONNX Runtime's ``quantize_static`` from cached ranges.
 
     QDQ format, per-channel weights (``cfg.per_channel``), signed 8-bit weights and
     ``cfg.activation_type`` activations (U8S8 by default) with ``cfg.reduce_range`` 7-bit
-    weights, which keep integer kernels from saturating on CPUs without VNNI.
+    weights, which keep integer kernels from saturating on CPUs without VNNI. Nodes that read or
+    write a tensor calibration left out (``ranges.unquantizable``) stay in float, as do operators
+    not in ``op_types`` (None: every operator ONNX Runtime can quantize).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     method, _ = _ort_calibration(cfg)
     out = Path(out_path)
     tmp = out.with_name(out.name + ".part")
+    excluded = [*nodes_to_exclude, *nodes_touching(fp32_path, ranges.unquantizable)]
     with _quiet():
         quantize_static(
             str(fp32_path),
             str(tmp),
             None,
             quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types) if op_types else None,
             per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range,
+            reduce_range=effective_reduce_range(cfg),
             activation_type=QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(nodes_to_exclude),
+            nodes_to_exclude=list(dict.fromkeys(excluded)),
             calibrate_method=method,
             calibration_cache_path=str(ranges.cache_path),
         )
     tmp.replace(out)
     return out
+
+
+def nodes_touching(model_path: str | Path, tensors: Collection[str]) -> list[str]:
+    """Names of the nodes of ``model_path`` that read or write any of ``tensors``, in graph order."""
+    if not tensors:
+        return []
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    wanted = set(tensors)
+    return [n.name for n in model.graph.node if n.name and wanted.intersection([*n.input, *n.output])]
 
 
 def quantize_modelopt(
@@ -276,3 +400,63 @@ def qdq_activation_ranges(qdq_path: str | Path) -> dict[str, tuple[list[float], 
         hi = (info.max - zp.astype(np.float64)) * scale
         out[node.input[0]] = (np.ravel(lo).tolist(), np.ravel(hi).tolist())
     return out
+
+
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
+"""Operators dynamic quantization covers: those with constant weights (``MatMulConstBOnly``)."""
+
+
+def quantize_dynamic_onnxruntime(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    cfg: QuantizationConfig,
+    nodes_to_exclude: Sequence[str] = (),
+) -> Path:
+    """Write a dynamically quantized model with ONNX Runtime's ``quantize_dynamic``.
+
+    INT8 weights (per channel with ``cfg.per_channel``) for MatMul and Gemm with constant weights;
+    their activations are quantized per call from their own range, so no calibration data is
+    needed and the ranges fit each batch. Attention's activation-by-activation MatMuls, softmax,
+    layer norm and mask arithmetic stay float.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(out_path)
+    tmp = out.with_name(out.name + ".part")
+    with _quiet():
+        quantize_dynamic(
+            str(fp32_path),
+            str(tmp),
+            op_types_to_quantize=list(DYNAMIC_OP_TYPES),
+            per_channel=cfg.per_channel,
+            reduce_range=effective_reduce_range(cfg),
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(nodes_to_exclude),
+            extra_options={"MatMulConstBOnly": True},
+        )
+    tmp.replace(out)
+    return out
+
+
+def fuse_transformer(fp32_path: str | Path, out_path: str | Path) -> dict[str, int]:
+    """Fuse attention, LayerNorm and GELU subgraphs with ``onnxruntime.transformers.optimizer``.
+
+    ``model_type="bert"`` covers encoder fusions; head count and hidden size are read from the
+    graph (0). Only ONNX Runtime's fusion passes run (``opt_level=0``): the session applies its
+    own graph optimizations when the model is served.
+
+    Returns:
+        The fused operators and their counts (those with a count above zero).
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet():
+        optimized = optimize_model(
+            str(fp32_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False
+        )
+        stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+        out = Path(out_path)
+        tmp = out.with_name(out.name + ".part")
+        optimized.save_model_to_file(str(tmp))
+    tmp.replace(out)
+    return stats

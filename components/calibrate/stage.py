@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from components.calibrate.backends import effective_reduce_range
 from components.calibrate.int8 import (
     QDQ_FILE,
     RANGES_FILE,
@@ -17,10 +18,11 @@ from components.common.config import DataConfig, QuantizationConfig, SelectionCo
 from components.common.data import load_dataset
 from components.common.errors import ModelIntakeError
 from components.common.signature import ModelSignature
-from components.common.stage import StageReport, log_metrics, timed, write_text_atomic
+from components.common.stage import StageReport, log_metrics, reports_failure, timed, write_text_atomic
 from components.export.onnx_export import sha256_file
 
 
+@reports_failure("calibrate")
 def run(
     onnx_model: Any,
     calibration_data: Any,
@@ -91,9 +93,18 @@ def run(
             "opset": meta.get("opset", 0),
             "activation_type": quant_cfg.activation_type,
             "per_channel": quant_cfg.per_channel,
-            "reduce_range": quant_cfg.reduce_range,
+            "reduce_range": effective_reduce_range(quant_cfg),
         }
     )
+    if result.dynamic is not None:
+        qdq_model.metadata.update(
+            {
+                "dynamic_file": result.dynamic.model_path.name,
+                "dynamic_accepted": result.dynamic.accepted,
+                "dynamic_reason": result.dynamic.reason,
+                "dynamic_sha256": sha256_file(result.dynamic.model_path),
+            }
+        )
     figures = {
         "accepted": result.accepted,
         "fp32_accuracy": summary["fp32_accuracy"],

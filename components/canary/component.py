@@ -64,7 +64,12 @@ def rollback_on_failure(
     run_id: str,
     report: Output[Artifact],
 ) -> None:
-    """Exit handler: when the run failed after its rollout took traffic, returns traffic to the serving model.
+    """Exit handler: recovers a rollout the failed run still holds, from the phase recorded on the endpoint.
+
+    Before the commit point (new version at 100% with its aliases) traffic returns to the model
+    that served, the aliases go back and the canary is undeployed; after it the cleanup is
+    finished and the new version keeps serving. It retries until its deadline; when it cannot
+    recover, it fails naming the endpoint's state and the `vxdeploy rollback` command that repairs it.
 
     Args:
         status: The pipeline's final status.

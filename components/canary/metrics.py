@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from components.cloud.monitoring import metric_client
+from components.cloud.retry import RetryPolicy
+
 RESOURCE_TYPE = "aiplatform.googleapis.com/Endpoint"
 RESPONSE_COUNT = "aiplatform.googleapis.com/prediction/online/response_count"
 ERROR_COUNT = "aiplatform.googleapis.com/prediction/online/error_count"
@@ -123,11 +126,15 @@ class CloudMonitoringMetricsSource:
         project: The project whose metrics to read.
         client: A ``monitoring_v3.MetricServiceClient``; default: one for ``api_endpoint``.
         api_endpoint: ``host:port`` override (a loopback fake is reached without TLS).
+        retry: The retry policy of each query (default: the shared one).
     """
 
-    def __init__(self, project: str, client: Any = None, api_endpoint: str = "") -> None:
+    def __init__(
+        self, project: str, client: Any = None, api_endpoint: str = "", retry: RetryPolicy | None = None
+    ) -> None:
         self.project = project
         self.client = client if client is not None else metric_client(api_endpoint)
+        self.retry = retry or RetryPolicy()
 
     def _series(
         self, metric_type: str, endpoint_id: str, deployed_model_id: str, start: datetime, end: datetime
@@ -145,7 +152,8 @@ class CloudMonitoringMetricsSource:
             interval=monitoring_v3.TimeInterval(start_time=start, end_time=end),
             view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
         )
-        return list(self.client.list_time_series(request=request))
+        # An idempotent read: retried on transient errors under the shared policy.
+        return list(self.client.list_time_series(request=request, retry=self.retry.api_core()))
 
     def window_stats(
         self, endpoint_id: str, deployed_model_id: str, start: datetime, end: datetime
@@ -172,25 +180,6 @@ def _sum_counts(series: Iterable[Any]) -> int:
     return int(math.floor(total + 0.5))
 
 
-def metric_client(api_endpoint: str = "") -> Any:
-    """A ``MetricServiceClient``; with a loopback ``host:port`` override, over an insecure channel."""
-    from google.cloud import monitoring_v3
-
-    if not api_endpoint:
-        return monitoring_v3.MetricServiceClient()
-    host = api_endpoint.split("://", 1)[-1].rstrip("/")
-    if host.split(":")[0] in ("127.0.0.1", "localhost", "::1", "[::1]"):
-        import grpc
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud.monitoring_v3.services.metric_service.transports import MetricServiceGrpcTransport
-
-        transport = MetricServiceGrpcTransport(
-            channel=grpc.insecure_channel(host), credentials=AnonymousCredentials()
-        )
-        return monitoring_v3.MetricServiceClient(transport=transport)
-    return monitoring_v3.MetricServiceClient(client_options={"api_endpoint": host})
-
-
 def combine(stats: Sequence[WindowStats]) -> WindowStats:
     """Several deployed models as one: counts add up; the p99 of the busiest one stands for all."""
     if not stats:
@@ -203,3 +192,18 @@ def combine(stats: Sequence[WindowStats]) -> WindowStats:
         p99_latency_ms=busiest.p99_latency_ms,
         note=notes,
     )
+
+
+__all__ = [
+    "ERROR_COUNT",
+    "PREDICTION_LATENCIES",
+    "RESOURCE_TYPE",
+    "RESPONSE_COUNT",
+    "CloudMonitoringMetricsSource",
+    "MetricsSource",
+    "WindowStats",
+    "combine",
+    "merge_p99",
+    "metric_client",
+    "percentile_from_buckets",
+]

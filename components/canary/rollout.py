@@ -1,8 +1,11 @@
 """The canary rollout: smoke test, progressive traffic steps with analysis, then promote or roll back.
 
 Every traffic change goes through the rollout lease (one etag-guarded endpoint update that also
-renews the lease), so a run that lost its lease never moves traffic. The split of each step is
-computed from the split recorded when the rollout began: the caller never names baseline ids.
+renews the lease and records the phase ``canary-<step>``), so a run that lost its lease never
+moves traffic. The split of each step is computed from the split recorded when the rollout began:
+the caller never names baseline ids. Promotion sets the aliases and then records ``promoted``,
+the commit point: from there on a failure (undeploying old versions) is retried and reported,
+never rolled back.
 """
 
 from __future__ import annotations
@@ -19,22 +22,35 @@ from google.api_core import exceptions as gexc
 from components.canary.analysis import Analysis, analyse
 from components.canary.metrics import MetricsSource, WindowStats, combine
 from components.canary.smoke import SmokeResult, smoke_test
-from components.common.config import CanaryConfig, DeploymentConfig
-from components.common.errors import CloudOperationError
-from components.deploy.endpoints import apportion, deployed_ids, get_endpoint, serving_split, undeploy_model
-from components.deploy.lease import (
-    RollbackResult,
+from components.cloud.aliases import PROMOTED_ALIASES, merge_aliases
+from components.cloud.endpoints import apportion, deployed_ids, get_endpoint, serving_split
+from components.cloud.labels import label_value
+from components.cloud.lease import (
+    CLEANED,
+    LAST_PHASE_KEY,
+    LAST_RUN_KEY,
+    PROMOTED,
     RolloutLease,
-    acquire_lease,
+    canary_phase,
     read_lease,
-    release_lease,
-    roll_back_rollout,
     update_lease,
 )
-from components.deploy.model_upload import merge_aliases
-from components.deploy.vertex import VertexApi, resource_id
+from components.cloud.recovery import (
+    RollbackResult,
+    StrandedRolloutError,
+    recover_until_deadline,
+    roll_back_rollout,
+)
+from components.cloud.vertex import VertexApi, resource_id
+from components.common.config import CanaryConfig, DeploymentConfig
+from components.common.errors import CloudOperationError
 
-PROMOTED_ALIASES = ("production", "default")
+__all__ = ["PROMOTED_ALIASES", "CanaryResult", "ExitRollback", "StepRecord", "run_canary", "split_for_step"]
+
+
+def recovery_deadline_s(deploy_cfg: DeploymentConfig) -> float:
+    """How long a recovery (exit handler, cleanup after promotion) keeps trying before it reports."""
+    return deploy_cfg.operation_timeout_s + 5 * deploy_cfg.retry_timeout_s
 
 
 def split_for_step(baseline: Mapping[str, int], canary_id: str, percent: int) -> dict[str, int]:
@@ -120,6 +136,7 @@ class CanaryResult:
     undeployed: list[str] = field(default_factory=list)
     rollback: RollbackResult | None = None
     decisions: list[str] = field(default_factory=list)
+    cleanup_error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +154,7 @@ class CanaryResult:
             "undeployed": self.undeployed,
             "rollback_actions": self.rollback.actions if self.rollback else [],
             "decisions": self.decisions,
+            **({"cleanup_error": self.cleanup_error} if self.cleanup_error else {}),
         }
 
 
@@ -178,6 +196,17 @@ def run_canary(
     if already is not None:
         return already
     endpoint, lease = update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s, canary_id=canary_id)
+    if lease.committed:
+        # An earlier try passed the commit point: only its cleanup is left.
+        result = CanaryResult(
+            "promoted",
+            "an earlier try of this task promoted the canary",
+            endpoint_name,
+            canary_id,
+            {},
+            SmokeResult("none", skipped_reason="already promoted"),
+        )
+        return _clean_up(api, result, deploy_cfg, run_id, sleep, now)
     if canary_id not in deployed_ids(endpoint):
         raise CloudOperationError(
             f"deployed model {canary_id} is not on endpoint {endpoint_name} (deployed: "
@@ -221,7 +250,9 @@ def run_canary(
     last_baseline: WindowStats | None = None
     for index, percent in enumerate(steps, start=1):
         split = split_for_step(baseline, canary_id, percent)
-        endpoint, lease = update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s, traffic_split=split)
+        endpoint, lease = update_lease(
+            api, endpoint_name, run_id, cfg.lease_ttl_s, traffic_split=split, phase=canary_phase(index)
+        )
         result.decisions.append(f"step {index}: traffic split {split}")
         window_start = now()
         attempt = 0
@@ -256,14 +287,16 @@ def run_canary(
                 return _roll_back(api, result, lease, deploy_cfg, cfg, run_id, failure)
             window_start = now()  # hold the step and analyse a fresh window
             update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s)
-    return _promote(api, result, model_version, deploy_cfg, cfg, run_id, sleep)
+    return _promote(api, result, model_version, deploy_cfg, cfg, run_id, sleep, now)
 
 
 def _already_promoted(api: VertexApi, endpoint_name: str, canary_id: str, run_id: str) -> CanaryResult | None:
-    """A retried task whose earlier try promoted (canary at 100%, lease released) has nothing to do."""
+    """A retried task whose earlier try promoted and cleaned up (lease released) has nothing to do."""
     endpoint = get_endpoint(api, endpoint_name)
     lease = read_lease(endpoint)
-    if (lease is not None and lease.held_by(run_id)) or serving_split(endpoint) != {canary_id: 100}:
+    labels = dict(endpoint.labels)
+    finished = labels.get(LAST_RUN_KEY) == label_value(run_id) and labels.get(LAST_PHASE_KEY) == CLEANED
+    if lease is not None or not finished or serving_split(endpoint) != {canary_id: 100}:
         return None
     result = CanaryResult(
         "promoted",
@@ -302,31 +335,53 @@ def _promote(
     cfg: CanaryConfig,
     run_id: str,
     sleep: Callable[[float], None],
+    now: Callable[[], float],
 ) -> CanaryResult:
+    """Aliases on the new version, then the commit point (phase ``promoted``), then the cleanup."""
     endpoint_name = result.endpoint
     result.aliases = merge_aliases(api, model_version, PROMOTED_ALIASES)
+    update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s, phase=PROMOTED)
     result.decisions.append(
-        f"promoted: 100% on {result.canary_id}; {model_version} aliased {', '.join(PROMOTED_ALIASES)}"
+        f"promoted (committed): 100% on {result.canary_id}; {model_version} aliased "
+        f"{', '.join(PROMOTED_ALIASES)}"
     )
-    old = [k for k in result.baseline if k != result.canary_id]
-    if cfg.undeploy_grace_s is not None and old:
-        result.decisions.append(
-            f"old deployed models {old} undeployed after a {cfg.undeploy_grace_s:g} s grace period"
-        )
-        sleep(cfg.undeploy_grace_s)
-        for dm_id in old:
-            update_lease(api, endpoint_name, run_id, cfg.lease_ttl_s)
-            if undeploy_model(api, endpoint_name, dm_id, timeout_s=deploy_cfg.operation_timeout_s):
-                result.undeployed.append(dm_id)
-    elif old:
-        result.decisions.append(f"old deployed models {old} kept at 0% (canary.undeploy_grace_s is None)")
-    endpoint = release_lease(api, endpoint_name, run_id)
-    result.final_split = serving_split(endpoint)
     result.reason = (
         f"all {len(cfg.steps) if result.baseline else 1} step(s) passed with {result.failed_checks} failed "
-        "analyses "
-        f"(limit {cfg.failure_limit})"
+        f"analyses (limit {cfg.failure_limit})"
     )
+    return _clean_up(api, result, deploy_cfg, run_id, sleep, now)
+
+
+def _clean_up(
+    api: VertexApi,
+    result: CanaryResult,
+    deploy_cfg: DeploymentConfig,
+    run_id: str,
+    sleep: Callable[[float], None],
+    now: Callable[[], float],
+) -> CanaryResult:
+    """After the commit point: undeploy old versions (after the grace period) and free the lease.
+
+    Retried until :func:`recovery_deadline_s`; a failure then is reported in ``cleanup_error`` (the
+    new version keeps serving; the exit handler or ``vxdeploy rollback`` finishes the cleanup).
+    """
+    try:
+        cleanup = recover_until_deadline(
+            api,
+            result.endpoint,
+            run_id,
+            deadline_s=recovery_deadline_s(deploy_cfg),
+            timeout_s=deploy_cfg.operation_timeout_s,
+            sleep=sleep,
+            now=now,
+        )
+    except StrandedRolloutError as exc:
+        result.cleanup_error = str(exc)
+        result.decisions.append(f"cleanup after promotion failed: {exc}")
+    else:
+        result.undeployed = list(cleanup.undeployed)
+        result.decisions += cleanup.actions
+    result.final_split = serving_split(get_endpoint(api, result.endpoint))
     return result
 
 
@@ -359,7 +414,7 @@ def _roll_back(
 class ExitRollback:
     """What the exit handler found and did."""
 
-    action: Literal["none", "rolled_back"]
+    action: Literal["none", "rolled_back", "finished"]
     reason: str
     endpoint: str = ""
     rollback: RollbackResult | None = None
@@ -384,43 +439,71 @@ def roll_back_failed_run(
     *,
     run_failed: bool,
     deploy_cfg: DeploymentConfig,
-    ttl_s: float = 3600.0,
+    deadline_s: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.time,
 ) -> ExitRollback:
-    """The exit handler's work: undo this run's rollout if the run failed while holding the lease.
+    """The exit handler's work: recover the rollout this run holds, from the phase its lease records.
 
-    Restores the traffic split recorded before the rollout, undeploys the canary (cancelling its
-    deploy operation if that is still running) and releases the lease. Does nothing when the run
-    succeeded, or when it does not hold the lease (it never started a rollout, or finished it).
+    Before the commit point the split recorded before the rollout is restored, the canary undeployed
+    (its deploy cancelled if still running) and its aliases given back; after it the cleanup is
+    finished and traffic stays on the new version. It retries, with growing pauses, until
+    ``deadline_s`` (default :func:`recovery_deadline_s`). Does nothing when this run holds no lease
+    (it never started a rollout, or finished it).
+
+    Raises:
+        StrandedRolloutError: the deadline passed; the message gives the endpoint's state and the
+            ``vxdeploy rollback`` command that repairs it. The lease expires within its time-to-live.
     """
     try:
         endpoint = get_endpoint(api, endpoint_name)
     except gexc.NotFound:
         return ExitRollback("none", f"endpoint {endpoint_name} does not exist: nothing to roll back")
-    before = serving_split(endpoint)
-    lease = read_lease(endpoint)
-    if not run_failed:
-        return ExitRollback(
-            "none", "the run succeeded", endpoint_name, split_before=before, split_after=before
-        )
-    if lease is None or not lease.held_by(run_id):
+    except RECOVERABLE_READ:
+        endpoint = None
+    before = serving_split(endpoint) if endpoint is not None else {}
+    lease = read_lease(endpoint) if endpoint is not None else None
+    if endpoint is not None and (lease is None or not lease.held_by(run_id)):
         holder = f"held by {lease.holder!r}" if lease else "not held"
-        return ExitRollback(
-            "none",
-            f"this run holds no rollout lease on the endpoint ({holder}): traffic untouched",
-            endpoint_name,
-            split_before=before,
-            split_after=before,
+        reason = (
+            "the run succeeded"
+            if not run_failed
+            else (f"this run holds no rollout lease on the endpoint ({holder}): traffic untouched")
         )
-    acquired = acquire_lease(api, endpoint_name, run_id, ttl_s)  # renew it for the time the rollback takes
-    rollback = roll_back_rollout(
+        return ExitRollback("none", reason, endpoint_name, split_before=before, split_after=before)
+    committed = lease.committed if lease is not None else False
+    outcome = recover_until_deadline(
         api,
         endpoint_name,
-        acquired.lease,
-        run_id=run_id,
+        run_id,
+        deadline_s=recovery_deadline_s(deploy_cfg) if deadline_s is None else deadline_s,
         timeout_s=deploy_cfg.operation_timeout_s,
-        ttl_s=ttl_s,
+        sleep=sleep,
+        now=now,
+        repair_hint=_repair_flags(deploy_cfg),
     )
     after = serving_split(get_endpoint(api, endpoint_name))
+    if outcome.action == "none":
+        return ExitRollback("none", "; ".join(outcome.actions), endpoint_name, None, before, after)
+    if outcome.action == "finished" or committed:
+        return ExitRollback(
+            "finished",
+            "the run failed after its commit point: cleanup finished",
+            endpoint_name,
+            outcome,
+            before,
+            after,
+        )
     return ExitRollback(
-        "rolled_back", "the run failed during its rollout", endpoint_name, rollback, before, after
+        "rolled_back", "the run failed during its rollout", endpoint_name, outcome, before, after
     )
+
+
+def _repair_flags(deploy_cfg: DeploymentConfig) -> str:
+    flags = [f"--project {deploy_cfg.project}", f"--location {deploy_cfg.location}"]
+    if deploy_cfg.api_endpoint:
+        flags.append(f"--api-endpoint {deploy_cfg.api_endpoint}")
+    return " ".join(flags)
+
+
+RECOVERABLE_READ = (gexc.GoogleAPIError, CloudOperationError)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,11 +12,19 @@ import numpy as np
 
 from components.canary.metrics import CloudMonitoringMetricsSource, MetricsSource
 from components.canary.rollout import CanaryResult, roll_back_failed_run, run_canary
+from components.cloud.endpoints import find_endpoint
+from components.cloud.recovery import StrandedRolloutError
+from components.cloud.vertex import VertexApi, connect
 from components.common.config import CanaryConfig, DeploymentConfig, parse_section
-from components.common.errors import CanaryRolledBackError, InternalError, UserError
-from components.common.stage import StageReport, log_metrics, markdown_table, timed, write_text_atomic
-from components.deploy.endpoints import find_endpoint
-from components.deploy.vertex import VertexApi, connect
+from components.common.errors import CanaryRolledBackError, CloudOperationError, InternalError, UserError
+from components.common.stage import (
+    StageReport,
+    log_metrics,
+    markdown_table,
+    reports_failure,
+    timed,
+    write_text_atomic,
+)
 
 LABELS_KEY = "labels"
 FAILED_STATES = ("FAILED", "CANCELLED", "CANCELING", "CANCELED")
@@ -27,6 +36,7 @@ def load_samples(path: str | Path, labels_key: str = LABELS_KEY) -> dict[str, np
         return {k: npz[k] for k in npz.files if k != labels_key}
 
 
+@reports_failure("canary")
 def run(
     vertex_endpoint: Any,
     vertex_model: Any,
@@ -60,7 +70,7 @@ def run(
         )
     api = api or connect(deploy_cfg)
     source = metrics_source or CloudMonitoringMetricsSource(
-        deploy_cfg.project, api_endpoint=canary_cfg.monitoring_endpoint
+        deploy_cfg.project, api_endpoint=canary_cfg.monitoring_endpoint, retry=api.retry
     )
     rep = StageReport("canary")
     with timed(rep):
@@ -121,6 +131,12 @@ def run(
         raise CanaryRolledBackError(
             f"canary rolled back on {endpoint_name}: {result.reason}; traffic is back on {result.final_split}"
         )
+    if result.cleanup_error:
+        # Committed: the new version serves 100%; the exit handler finishes the cleanup.
+        raise CloudOperationError(
+            f"canary promoted on {endpoint_name} (traffic {result.final_split}), but the cleanup after "
+            f"promotion failed: {result.cleanup_error}"
+        )
     return result
 
 
@@ -132,13 +148,30 @@ def _state(status: Any) -> str:
     return str(getattr(status, "state", ""))
 
 
+@reports_failure("rollback_on_failure")
 def run_rollback(
-    status: Any, deployment: dict[str, Any], run_id: str, report: Any, *, api: VertexApi | None = None
+    status: Any,
+    deployment: dict[str, Any],
+    run_id: str,
+    report: Any,
+    *,
+    api: VertexApi | None = None,
+    deadline_s: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Exit handler: when the run failed while it held a rollout lease, put traffic back as it was."""
+    """Exit handler: recover the rollout this run still holds, from the phase its lease records.
+
+    Before the commit point traffic goes back to the version that served; after it the cleanup is
+    finished. When that cannot be done before the deadline, the report and the error say what state
+    the endpoint is in and the ``vxdeploy rollback`` command that repairs it.
+
+    Raises:
+        StrandedRolloutError: after writing the report, when the endpoint could not be recovered.
+    """
     deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
     rep = StageReport("rollback_on_failure")
     state = _state(status)
+    stranded: StrandedRolloutError | None = None
     with timed(rep):
         if not deploy_cfg.enabled:
             rep.status, rep.reason = "skipped", "deployment.enabled is false: nothing was deployed"
@@ -159,16 +192,27 @@ def run_rollback(
                     f"no endpoint {deploy_cfg.endpoint!r}: nothing to roll back",
                 )
             else:
-                outcome = roll_back_failed_run(
-                    api,
-                    str(endpoint.name),
-                    run_id,
-                    run_failed=state.upper() in FAILED_STATES,
-                    deploy_cfg=deploy_cfg,
-                )
-                rep.reason = outcome.reason
-                rep.status = "succeeded" if outcome.action == "rolled_back" else "skipped"
-                rep.summary = {"action": outcome.action, "split_after": outcome.split_after}
-                rep.details = outcome.to_dict()
+                try:
+                    outcome = roll_back_failed_run(
+                        api,
+                        str(endpoint.name),
+                        run_id,
+                        run_failed=state.upper() in FAILED_STATES,
+                        deploy_cfg=deploy_cfg,
+                        deadline_s=deadline_s,
+                        sleep=sleep,
+                    )
+                except StrandedRolloutError as exc:
+                    stranded = exc
+                    rep.status, rep.reason = "failed", str(exc)
+                    rep.summary = {"action": "stranded"}
+                    print(f"rollback_on_failure: {exc}", file=sys.stderr)
+                else:
+                    rep.reason = outcome.reason
+                    rep.status = "skipped" if outcome.action == "none" else "succeeded"
+                    rep.summary = {"action": outcome.action, "split_after": outcome.split_after}
+                    rep.details = outcome.to_dict()
     rep.summary.setdefault("pipeline_state", state)
     rep.write(report.path)
+    if stranded is not None:
+        raise stranded

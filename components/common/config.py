@@ -9,18 +9,22 @@ receives, so a bad value fails with the field named wherever it enters.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.common.errors import ConfigError
+from components.common.vertex_resources import PROJECT_ID_RE, VERTEX_LOCATIONS, check_machine
 
 CandidateKind = Literal[
     "onnxruntime_fp32",
     "onnxruntime_int8",
+    "onnxruntime_int8_dynamic",
     "tensorrt_fp32",
     "tensorrt_fp16",
     "tensorrt_int8",
@@ -37,6 +41,16 @@ GPU_ACCELERATORS = (
     "NVIDIA_H100_MEGA_80GB",
     "NVIDIA_H200_141GB",
 )
+# Triton keeps max_batch_size in an int32; far below that, no GPU holds the batch.
+MAX_TRITON_BATCH = 65536
+_IMAGE_RE = re.compile(
+    r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9._-]+)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$"
+)
+_SERVICE_ACCOUNT_RE = re.compile(
+    r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.:-]+\.iam\.gserviceaccount\.com$"
+    r"|^[0-9]+-compute@developer\.gserviceaccount\.com$"
+)
+_ENDPOINT_RE = re.compile(r"^(projects/[^/]+/locations/[^/]+/endpoints/)?[^/\s][^/]{0,127}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
 _NETWORK_RE = re.compile(r"^projects/[^/]+/global/networks/[^/]+$")
 _EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>.]+$")
@@ -44,7 +58,8 @@ _CHANNEL_RE = re.compile(r"^(projects/[^/]+/notificationChannels/)?[A-Za-z0-9_-]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Infinity and NaN are never meaningful settings (`interval_s: .inf` would hold a canary step forever).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class TensorOverride(_Section):
@@ -62,6 +77,53 @@ class ModelPartConfig(_Section):
     uri: str = Field(description="Path or gs:// URI of this part's .pt2, TorchScript or ONNX file.")
     inputs: list[TensorOverride] | None = None
     output_names: list[str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        # A part's name becomes a folder of the Triton repository: '../../..' would escape it.
+        return _check_name(v)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, "this part's .pt2, TorchScript or ONNX file")
+
+
+def _check_name(v: str) -> str:
+    if not _NAME_RE.match(v) or v in (".", ".."):
+        raise ValueError(
+            "use letters, digits, '_', '.', '-' (at most 63), starting with a letter or digit; "
+            "the name becomes a folder of the Triton repository"
+        )
+    return v
+
+
+def _check_uri(v: str, what: str) -> str:
+    if not v.strip():
+        raise ValueError(f"empty; give the path or gs:// URI of {what}")
+    return v
+
+
+class OutputMetricConfig(_Section):
+    """How one output is judged: its task and the metric the accuracy budget applies to."""
+
+    task: Literal["classification", "embedding", "regression", "generic"] | None = Field(
+        default=None, description="What the output is for; default: model.task (or the metric's task)."
+    )
+    metric: (
+        Literal[
+            "top1_accuracy", "top1_agreement", "cosine", "retrieval_agreement", "mae", "rmse", "max_abs_diff"
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description=(
+            "The figure the accuracy budget applies to: classification top1_accuracy (vs labels) or "
+            "top1_agreement (with FP32); embedding cosine or retrieval_agreement; regression mae or rmse "
+            "(vs targets, else vs FP32); generic cosine or max_abs_diff. Default: the task's first."
+        ),
+    )
 
 
 class ModelConfig(_Section):
@@ -81,7 +143,21 @@ class ModelConfig(_Section):
         default=None, description="Input signature; required for TorchScript, read from the file otherwise."
     )
     output_names: list[str] | None = None
-    task: Literal["classification", "regression", "embedding", "other"] = "classification"
+    task: Literal["classification", "regression", "embedding", "generic", "other"] = Field(
+        default="classification",
+        description=(
+            "What the model's outputs are for, the default of every output ('other' = 'generic'); "
+            "an output without a class axis is compared as numbers."
+        ),
+    )
+    metrics: dict[str, OutputMetricConfig] = Field(
+        default_factory=dict,
+        description=(
+            "Per output name: {task, metric}, e.g. {logits: {task: classification}, "
+            "value: {task: regression, metric: rmse}}. Targets come from data.eval_uri's "
+            "'labels/<output name>' (or 'labels')."
+        ),
+    )
     parts: list[ModelPartConfig] = Field(
         default_factory=list, description="Parts of a multi-part model, served behind one ensemble."
     )
@@ -89,11 +165,20 @@ class ModelConfig(_Section):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError(
-                "use letters, digits, '_', '.', '-' (at most 63), starting with a letter or digit"
-            )
-        return v
+        return _check_name(v)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, "the trained model (.pt2, TorchScript, .onnx), or builtin://digits-cnn")
+
+    @model_validator(mode="after")
+    def _parts(self) -> ModelConfig:
+        names = [p.name for p in self.parts]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"parts {dupes}: each part needs its own name (a folder of the repository)")
+        return self
 
 
 class DataConfig(_Section):
@@ -115,6 +200,18 @@ class DataConfig(_Section):
     max_calibration_samples: int = Field(
         default=1024, ge=1, description="Calibration uses at most this many samples."
     )
+
+    @field_validator("calibration_uri", "eval_uri")
+    @classmethod
+    def _uris(cls, v: str) -> str:
+        return _check_uri(v, "an .npz file with one array per model input")
+
+    @field_validator("labels_key")
+    @classmethod
+    def _labels_key(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty; name the .npz array that holds the labels (default 'labels')")
+        return v
 
     @model_validator(mode="after")
     def _sample_limits(self) -> DataConfig:
@@ -148,8 +245,12 @@ class QuantizationConfig(_Section):
     percentile: float = Field(default=99.999, gt=90, le=100)
     num_bins: int = Field(default=2048, ge=128)
     per_channel: bool = True
-    reduce_range: bool = Field(
-        default=True, description="7-bit weights: avoids saturation on CPUs without VNNI."
+    reduce_range: bool | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "7-bit weights: avoids saturation on CPUs without VNNI. 'auto': on where this CPU lacks VNNI, "
+            "off where it has it (full 8-bit weights, more accurate)."
+        ),
     )
     activation_type: Literal["uint8", "int8"] = Field(
         default="uint8",
@@ -162,12 +263,36 @@ class QuantizationConfig(_Section):
         default=24,
         ge=1,
         description=(
-            "Quantized layers whose exclusion is tried one by one (leave-one-out); on larger models the "
-            "layers with the worst activation quantization error are tried first."
+            "Groups of quantized layers (same operator, weight shape and input kind) the fallback keeps in "
+            "float one group at a time to measure what each recovers; groups are taken in order of their "
+            "worst layer's quantization error."
         ),
     )
     gate_samples: int = Field(default=2000, ge=1, description="Evaluation samples the accuracy gate uses.")
     calibration_batch_size: int = Field(default=32, ge=1)
+    operators: Literal["auto", "all", "matmul"] = Field(
+        default="auto",
+        description=(
+            "Which operators get Q/DQ. 'matmul': MatMul, Gemm and Conv only (softmax, layer norm and mask "
+            "arithmetic stay float); 'all': every operator ONNX Runtime quantizes; 'auto': 'matmul' on "
+            "graphs with attention (Softmax), 'all' otherwise (CNNs)."
+        ),
+    )
+    dynamic: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "Also write a dynamically quantized model (INT8 weights, activations quantized at run time; "
+            "MatMul/Gemm with constant weights only), gated like the static one, for the "
+            "onnxruntime_int8_dynamic candidate. 'auto': on graphs with attention."
+        ),
+    )
+    fuse_before_dynamic: bool = Field(
+        default=True,
+        description=(
+            "Fuse attention, LayerNorm and GELU (onnxruntime.transformers.optimizer) before dynamic "
+            "quantization; the static Q/DQ model stays unfused so that TensorRT can build it."
+        ),
+    )
 
     @model_validator(mode="after")
     def _entropy_bins(self) -> QuantizationConfig:
@@ -199,6 +324,7 @@ class CompilationConfig(_Section):
         default_factory=lambda: [  # type: ignore[arg-type]
             "onnxruntime_fp32",
             "onnxruntime_int8",
+            "onnxruntime_int8_dynamic",
             "aoti",
             "tensorrt_fp16",
             "tensorrt_int8",
@@ -206,7 +332,12 @@ class CompilationConfig(_Section):
     )
     batch_profile: BuildProfile = Field(default_factory=BuildProfile)
     dim_profiles: dict[str, BuildProfile] = Field(
-        default_factory=dict, description="Profiles of other dynamic dims, by symbol name."
+        default_factory=dict,
+        description=(
+            "Min/opt/max of the other dynamic dims, by the name the signature gives them: "
+            "'<input>.<axis>' (e.g. 'input_ids.1'). Default: the range observed in the calibration "
+            "and evaluation data."
+        ),
     )
     timing_cache_uri: str = Field(
         default="",
@@ -276,6 +407,11 @@ class SelectionConfig(_Section):
     measure_reference: bool = Field(
         default=True, description="Also time the PyTorch eager FP32 reference, for speed-up ratios."
     )
+    spread_warning_pct: float = Field(
+        default=25.0,
+        gt=0,
+        description="Warn when the reference's latency spread (IQR / median) is over this, in percent.",
+    )
 
     @field_validator("batch_sizes")
     @classmethod
@@ -303,7 +439,10 @@ class TritonConfig(_Section):
     """Triton model repository options."""
 
     max_batch_size: int = Field(
-        default=32, ge=0, description="Largest batch Triton forms; 0 turns Triton's batching off."
+        default=32,
+        ge=0,
+        le=MAX_TRITON_BATCH,
+        description="Largest batch Triton forms; 0 turns Triton's batching off.",
     )
     dynamic_batching: DynamicBatchingConfig = Field(default_factory=DynamicBatchingConfig)
     instance_count: int = Field(default=1, ge=1)
@@ -319,14 +458,28 @@ class TritonConfig(_Section):
     serving_image: str = Field(
         default="",
         description=(
-            "Triton serving image. '' = Vertex AI's prebuilt Triton image for ONNX-only repositories, and "
-            "the project's serving image (Triton with torch and the optimizer's TensorRT) for repositories "
-            "with TensorRT engines or AOT Inductor packages, which the prebuilt image cannot run."
+            "Image Vertex AI serves the Triton repository from. '' = the project's serving image (NGC "
+            "Triton with torch and the optimizer's TensorRT, built by `make images`) in the registry the "
+            "pipeline was compiled for (`vxdeploy compile --registry`, $VXDEPLOY_REGISTRY). Checked to "
+            "exist before any heavy work."
         ),
     )
     shared_memory_mb: int = Field(default=1024, ge=64)
-    serve_check: bool = Field(
-        default=True, description="Serve the repository with a real Triton before deploying."
+    serve_check: Literal["required", "best_effort", "off"] = Field(
+        default="required",
+        description=(
+            "Serve the repository with a real Triton before deploying: 'required' (deployment only "
+            "after a passed check; a check that cannot run stops it too), 'best_effort' (a failed or "
+            "impossible check is reported and deployment goes ahead), 'off'. true/false mean "
+            "required/off."
+        ),
+    )
+    serve_check_sweep: list[int] = Field(
+        default_factory=lambda: [1, 4, 16, 64],
+        description="Concurrent clients of the serving sweep (dynamic batching off and on); [] skips it.",
+    )
+    serve_check_sweep_window_s: float = Field(
+        default=2.0, gt=0, le=60, description="Measurement window of each sweep point, after a warm-up."
     )
     serve_check_requests: int = Field(default=64, ge=1, description="Requests the serve check sends.")
     serve_check_concurrency: int = Field(default=16, ge=1, description="Requests in flight at once.")
@@ -337,6 +490,28 @@ class TritonConfig(_Section):
         default=0.99, gt=0, le=1, description="Smallest cosine similarity to the reference, any precision."
     )
     serve_check_startup_timeout_s: float = Field(default=120, gt=0)
+
+    @field_validator("serve_check", mode="before")
+    @classmethod
+    def _serve_check_switch(cls, v: object) -> object:
+        return {True: "required", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("serve_check_sweep")
+    @classmethod
+    def _sweep(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError(f"{v}: each concurrency must be >= 1, e.g. [1, 4, 16, 64]")
+        return v
+
+    @field_validator("serving_image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if v and not _IMAGE_RE.match(v):
+            raise ValueError(
+                "not an image reference; give REGISTRY/REPOSITORY/IMAGE:TAG, e.g. "
+                "us-docker.pkg.dev/my-project/vxdeploy/serving:0.1.0 ('' for the project's serving image)"
+            )
+        return v
 
     @model_validator(mode="after")
     def _batching(self) -> TritonConfig:
@@ -359,8 +534,11 @@ class DeploymentConfig(_Section):
     """Vertex AI model upload and endpoint deployment."""
 
     enabled: bool = Field(default=False, description="Deploy to Vertex AI (needs project and location).")
-    project: str = ""
-    location: str = "us-central1"
+    project: str = Field(default="", description="Google Cloud project id (6-30 of a-z, 0-9, '-').")
+    location: str = Field(
+        default="us-central1",
+        description="Vertex AI region (components/common/vertex_resources.py lists those that serve).",
+    )
     api_endpoint: str = Field(default="", description="Override the Vertex AI API endpoint (tests, VPC-SC).")
     staging_bucket: str = Field(
         default="",
@@ -417,13 +595,67 @@ class DeploymentConfig(_Section):
     retry_timeout_s: float = Field(
         default=60,
         gt=0,
-        description="How long one call is retried after a 503, a 429 or a dropped connection.",
+        description="How long one call is retried after a 500, 502, 503, 504, 429 or a dropped connection.",
     )
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str) -> str:
+        if v and not PROJECT_ID_RE.match(v):
+            raise ValueError(
+                "not a Google Cloud project id: 6-30 lowercase letters, digits and hyphens, starting with "
+                "a letter, not ending with a hyphen (e.g. my-project-123); see `gcloud projects list`"
+            )
+        return v
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        if v not in VERTEX_LOCATIONS:
+            close = [loc for loc in VERTEX_LOCATIONS if loc.split("-")[0] == v.split("-")[0]]
+            raise ValueError(
+                "not a Vertex AI region; use one of "
+                + ", ".join(close or VERTEX_LOCATIONS)
+                + (" (or another Vertex AI region)" if close else "")
+            )
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.strip() or not _ENDPOINT_RE.match(v):
+            raise ValueError(
+                "give the endpoint's display name (at most 128 characters, no '/'), its numeric id, or "
+                "projects/P/locations/L/endpoints/ID (default 'vxdeploy-endpoint')"
+            )
+        return v
+
+    @field_validator("service_account")
+    @classmethod
+    def _service_account(cls, v: str) -> str:
+        if v and not _SERVICE_ACCOUNT_RE.match(v):
+            raise ValueError(
+                "not a service account e-mail; give NAME@PROJECT.iam.gserviceaccount.com ('' for the default)"
+            )
+        return v
+
+    @field_validator("api_endpoint")
+    @classmethod
+    def _api_endpoint(cls, v: str) -> str:
+        host = v.split("://", 1)[-1]
+        if v and (not host or any(c.isspace() for c in v)):
+            raise ValueError(
+                "give host[:port] or http(s)://host:port, e.g. us-central1-aiplatform.googleapis.com"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentConfig:
         if self.enabled and not self.project:
             raise ValueError("deployment.enabled needs deployment.project")
+        machine_problem = check_machine(self.machine_type, self.accelerator_type, self.accelerator_count)
+        if machine_problem and self.accelerator_type in ("", *GPU_ACCELERATORS):
+            raise ValueError(machine_problem)
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         if self.accelerator_type and self.accelerator_type not in GPU_ACCELERATORS:
@@ -488,10 +720,26 @@ class CanaryConfig(_Section):
     )
     smoke_requests: int = Field(default=4, ge=0)
     smoke_timeout_s: float = Field(default=60, gt=0, description="Timeout of one smoke-test request.")
-    undeploy_grace_s: float | None = Field(
-        default=None, ge=0, description="None keeps the old model deployed."
+    undeploy_grace_s: float = Field(
+        default=300,
+        ge=0,
+        description=(
+            "Seconds between promotion and undeploying the versions that served before (each one is a "
+            "billed replica)."
+        ),
     )
-    lease_ttl_s: float = Field(default=7200, gt=0)
+    keep_previous: bool = Field(
+        default=False,
+        description="Keep the version that served before deployed at 0% after promotion (fast rollback).",
+    )
+    lease_ttl_s: float = Field(
+        default=7200,
+        gt=0,
+        description=(
+            "Time-to-live of the endpoint's rollout lease; every renewal (exit handler and vxdeploy rollback "
+            "included) renews by this much, so a dead run's lease expires within it."
+        ),
+    )
     monitoring_endpoint: str = Field(
         default="", description="Override the Cloud Monitoring API endpoint (host:port) the analysis reads."
     )
@@ -502,6 +750,16 @@ class CanaryConfig(_Section):
         if not v or v[-1] != 100 or any(b <= a for a, b in zip(v, v[1:], strict=False)) or v[0] <= 0:
             raise ValueError("give increasing percentages in (0, 100], ending at 100, e.g. [10, 25, 50, 100]")
         return v
+
+    @model_validator(mode="after")
+    def _grace_within_lease(self) -> CanaryConfig:
+        if self.undeploy_grace_s >= self.lease_ttl_s:
+            raise ValueError(
+                f"undeploy_grace_s={self.undeploy_grace_s:g} must be shorter than lease_ttl_s="
+                f"{self.lease_ttl_s:g}: the rollout lease must outlive the wait before old versions are "
+                "undeployed"
+            )
+        return self
 
 
 class MonitoringConfig(_Section):
@@ -725,6 +983,13 @@ class RunConfig(_Section):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     service_levels: ServiceLevelConfig = Field(default_factory=ServiceLevelConfig)
 
+    @model_validator(mode="after")
+    def _across_sections(self) -> RunConfig:
+        problems = cross_section_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def to_pipeline_parameters(self, *, build_on_accelerator: bool = True) -> dict[str, Any]:
         """One pipeline parameter per section (JSON-ready dicts), plus the build accelerator.
 
@@ -741,6 +1006,41 @@ class RunConfig(_Section):
         return params
 
 
+_TENSORRT_KINDS = ("tensorrt_fp32", "tensorrt_fp16", "tensorrt_int8")
+
+
+def cross_section_problems(cfg: RunConfig) -> list[str]:
+    """What one section's values make impossible in another (each message names both fields)."""
+    problems = []
+    batches, triton_max = cfg.selection.batch_sizes, cfg.triton.max_batch_size
+    if triton_max > 0 and max(batches) > triton_max:
+        problems.append(
+            f"selection.batch_sizes {[b for b in batches if b > triton_max]} exceed triton.max_batch_size "
+            f"{triton_max}: Triton never forms such batches; lower them or raise triton.max_batch_size"
+        )
+    if any(k in _TENSORRT_KINDS for k in cfg.compilation.candidates):
+        profile = cfg.compilation.batch_profile
+        if max(batches) > profile.max:
+            problems.append(
+                f"selection.batch_sizes {[b for b in batches if b > profile.max]} exceed "
+                f"compilation.batch_profile.max {profile.max}: a TensorRT engine cannot run them; raise "
+                "batch_profile.max or lower the batch sizes"
+            )
+        if triton_max > profile.max:
+            problems.append(
+                f"triton.max_batch_size {triton_max} exceeds compilation.batch_profile.max {profile.max}: "
+                "Triton would send batches the TensorRT engine refuses; set them equal"
+            )
+    mon = cfg.monitoring
+    loopback = mon.monitoring_endpoint.startswith(("127.0.0.1", "localhost"))
+    if mon.enabled and mon.dashboard and loopback and not mon.dashboards_endpoint:
+        problems.append(
+            f"monitoring.monitoring_endpoint {mon.monitoring_endpoint!r} is a loopback fake: set "
+            "monitoring.dashboards_endpoint (http://127.0.0.1:PORT) too, or dashboard: false"
+        )
+    return problems
+
+
 def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
@@ -750,9 +1050,14 @@ def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field; check the spelling against docs/configuration.md"
+        elif err["type"] == "finite_number":
+            msg = "give a finite number (not inf or nan)"
         elif err["type"] == "literal_error":
             msg = f"allowed values: {err.get('ctx', {}).get('expected', '')}"
-        lines.append(f"{field}={value!r}: {msg}")
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            msg = "give a mapping of this section's fields (see docs/configuration.md)"
+        # A model-level check gets the whole section as its input: name the section, not its dump.
+        lines.append(f"{field}: {msg}" if isinstance(value, dict) else f"{field}={value!r}: {msg}")
     return "; ".join(lines)
 
 
@@ -775,24 +1080,101 @@ def parse_config(data: Mapping[str, Any] | None) -> RunConfig:
         raise err from None
 
 
+def parse_set_override(item: str) -> tuple[str, Any]:
+    """One ``--set section.field=value``: the dotted key and the value read as YAML.
+
+    Raises:
+        ConfigError: no ``=``, an empty part in the key, or a value that is not valid YAML.
+    """
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ConfigError("--set", item, "use section.field=value, e.g. --set selection.policy=min_latency")
+    if not key or any(not part.strip() for part in key.split(".")):
+        raise ConfigError(
+            "--set",
+            item,
+            "name the field as section.field (no empty parts), e.g. --set selection.policy=min_latency",
+        )
+    try:
+        return key, yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            "--set",
+            item,
+            f"the value {text!r} is not valid YAML ({problem}); quote it in the shell and close every "
+            "bracket, e.g. --set 'canary.steps=[10, 50, 100]'",
+        ) from None
+
+
+def _read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError("--config", str(path), "is a directory; pass the path of a YAML run config file")
+    if not p.is_file():
+        raise ConfigError("--config", str(path), "no such file; pass the path of a YAML run config")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "--config",
+            str(path),
+            f"is not a text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} is not UTF-8); "
+            "pass a YAML run config (see docs/configuration.md)",
+        ) from None
+    except OSError as exc:
+        raise ConfigError("--config", str(path), f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("--config", str(path), f"not valid YAML: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError("--config", str(path), "the top level must be a mapping of sections")
+    return loaded
+
+
+def _check_override_path(dotted: str, value: Any) -> None:
+    """An override must not reach below a plain field (``model.uri.sub``): that field holds a value."""
+    model: type[BaseModel] = RunConfig
+    parts = dotted.split(".")
+    for depth, key in enumerate(parts[:-1]):
+        info = model.model_fields.get(key)
+        if info is None:
+            return  # an unknown name: validation names it
+        annotation = info.annotation
+        options = typing.get_args(annotation) if typing.get_origin(annotation) in (Union, UnionType) else ()
+        sections = [a for a in (annotation, *options) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if sections:
+            model = sections[0]
+            continue
+        if any(typing.get_origin(a) is dict or a is dict or a is Any for a in (annotation, *options)):
+            return  # a free-form mapping: any key may be set
+        field = ".".join(parts[: depth + 1])
+        raise ConfigError(
+            "--set",
+            f"{dotted}={value}",
+            f"{field} is a value, not a section, so it has no field {parts[depth + 1]!r}; "
+            f"set it with --set {field}=VALUE",
+        )
+
+
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults), then apply dotted ``overrides`` like ``{'model.uri': ...}``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("--config", str(path), "no such file; pass the path of a YAML run config")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError("--config", str(path), f"not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError("--config", str(path), "the top level must be a mapping of sections")
-        data = loaded
+    data: dict[str, Any] = _read_config_file(path) if path is not None else {}
     for dotted, value in (overrides or {}).items():
+        _check_override_path(dotted, value)
         node = data
         *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
+        for depth, key in enumerate(parents):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                field = ".".join(parents[: depth + 1])
+                raise ConfigError(
+                    "--set",
+                    f"{dotted}={value}",
+                    f"{field} is {child!r} in the config, not a section; set it with --set {field}=VALUE",
+                )
+            node = child
         node[leaf] = value
     return parse_config(data)

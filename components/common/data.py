@@ -1,13 +1,16 @@
 """Calibration and evaluation data intake: ``.npz`` files with one array per model input.
 
 Data is checked against the model's signature before any heavy work: every input present,
-no stray arrays, dtypes that match, static dims that match, one sample count, no NaN/Inf.
+dtypes that match, static dims that match, one sample count, no NaN/Inf. Arrays that are not
+inputs are targets: ``labels`` (the classification labels), ``labels/<output name>`` or an
+array named like an output; anything else is reported and set aside.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +18,20 @@ import numpy as np
 from components.common.errors import DataError
 from components.common.signature import ModelSignature
 
+log = logging.getLogger(__name__)
+
+TARGET_PREFIX = "labels/"
+"""``labels/<output name>`` holds the targets of one output (``labels`` alone: the class labels)."""
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """Model inputs (first axis = samples) and optional labels."""
+    """Model inputs (first axis = samples), optional labels and per-output targets."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
+    """Targets by output name (``labels/<output>`` in the file)."""
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -29,7 +39,8 @@ class Dataset:
     def take(self, n: int, start: int = 0) -> Dataset:
         sl = slice(start, start + n)
         labels = None if self.labels is None else self.labels[sl]
-        return Dataset({k: v[sl] for k, v in self.inputs.items()}, labels)
+        targets = {k: v[sl] for k, v in self.targets.items()}
+        return Dataset({k: v[sl] for k, v in self.inputs.items()}, labels, targets)
 
     def batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
         """Consecutive input batches covering every sample (the last one may be short)."""
@@ -42,6 +53,7 @@ class Dataset:
         arrays = dict(self.inputs)
         if self.labels is not None:
             arrays["labels"] = self.labels
+        arrays.update({f"{TARGET_PREFIX}{k}": v for k, v in self.targets.items()})
         tmp = Path(f"{path}.tmp.npz")
         np.savez(tmp, **arrays)  # type: ignore[arg-type]
         tmp.replace(path)
@@ -67,19 +79,54 @@ def load_dataset(
     Raises:
         DataError: naming the field, the array and what to change.
     """
-    try:
-        with np.load(str(path), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{what}: {str(path)!r} is not a readable .npz file ({exc})") from exc
+    arrays = read_npz(path, what=what)
     labels = arrays.pop(labels_key, None)
-    checked = check_inputs(arrays, signature, what=what, hint=f" and optional '{labels_key}'")
+    targets = split_targets(arrays, signature, what=what)
+    checked = check_inputs(
+        arrays,
+        signature,
+        what=what,
+        hint=f" and optional '{labels_key}' or '{TARGET_PREFIX}<output name>' targets",
+    )
     n = len(next(iter(checked.values()))) if checked else 0
     if labels is not None and len(labels) != n:
         raise DataError(f"{what}: {labels_key!r} has {len(labels)} entries for {n} samples")
+    for name, target in targets.items():
+        if len(target) != n:
+            raise DataError(f"{what}: targets of output {name!r} have {len(target)} entries for {n} samples")
     if n < min_samples:
         raise DataError(f"{what}: {n} samples, at least {min_samples} are needed")
-    return Dataset(checked, labels)
+    return Dataset(checked, labels, targets)
+
+
+def split_targets(
+    arrays: dict[str, np.ndarray], signature: ModelSignature, *, what: str
+) -> dict[str, np.ndarray]:
+    """Take the targets out of ``arrays``: ``labels/<output>`` and arrays named like an output.
+
+    Arrays that are neither inputs nor targets are set aside with a warning, unless an input is
+    missing (then they are most likely a misspelt input, and :func:`check_inputs` names them).
+
+    Raises:
+        DataError: for ``labels/<name>`` where ``name`` is not an output of the model.
+    """
+    outputs = signature.output_names
+    targets: dict[str, np.ndarray] = {}
+    for key in list(arrays):
+        name = key.removeprefix(TARGET_PREFIX) if key.startswith(TARGET_PREFIX) else key
+        if key.startswith(TARGET_PREFIX) and name not in outputs:
+            raise DataError(
+                f"{what}: array {key!r} names output {name!r}, which the model does not have; "
+                f"its outputs are {outputs}: save targets as '{TARGET_PREFIX}<output name>'"
+            )
+        if name in outputs and key not in signature.input_names:
+            targets[name] = np.asarray(arrays.pop(key))
+    extra = sorted(set(arrays) - set(signature.input_names))
+    if extra and set(signature.input_names) <= set(arrays):
+        log.warning("%s: arrays %s are neither model inputs nor targets; they are not used", what, extra)
+        for key in extra:
+            arrays.pop(key)
+    return targets
 
 
 def check_inputs(
@@ -149,3 +196,59 @@ def _kwargs_hint(signature: ModelSignature) -> str:
 
 def _fmt_shape(shape: tuple[int | str, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+_SAVE_HINT = "save one array per model input with np.savez(path, <input name>=array, labels=...)"
+
+
+def read_npz(path: str | Path, *, what: str) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file, or a :class:`DataError` saying what the file is instead.
+
+    Raises:
+        DataError: a folder, an empty, text, ``.npy`` or other non-zip file, a truncated archive,
+            or object (pickled) arrays, which are never loaded.
+    """
+    import zipfile
+    import zlib
+
+    p = Path(path)
+    where = f"{what}={str(path)!r}"
+    if p.is_dir():
+        raise DataError(f"{where} is a directory, not a .npz file; {_SAVE_HINT}")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise DataError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    if not head:
+        raise DataError(f"{where} is an empty file; {_SAVE_HINT}")
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(f"{where} is a single .npy array (np.save), not a .npz archive; {_SAVE_HINT}")
+    if not head.startswith(b"PK"):
+        text = _looks_like_text(head)
+        kind = "a text file, not a .npz archive" if text else "not a .npz archive (not a zip file)"
+        raise DataError(f"{where} is {kind}; {_SAVE_HINT}")
+    try:
+        with np.load(str(p), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"{where} is a truncated or damaged .npz archive ({exc}); copy or write it again"
+        ) from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickled" in str(exc):
+            raise DataError(
+                f"{where} holds object arrays, which are never unpickled; convert each to a numeric array "
+                f"(e.g. np.asarray(x, dtype='float32')) and {_SAVE_HINT}"
+            ) from None
+        raise DataError(f"{where} is not a readable .npz archive ({exc}); {_SAVE_HINT}") from None
+    except OSError as exc:
+        raise DataError(f"{where} cannot be read ({exc.strerror or exc})") from None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\r\n\t" for c in text)

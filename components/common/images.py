@@ -5,7 +5,22 @@ from __future__ import annotations
 import os
 from importlib.metadata import PackageNotFoundError, version
 
-REGISTRY = os.environ.get("VXDEPLOY_REGISTRY", "us-docker.pkg.dev/vxdeploy/vxdeploy")
+DEFAULT_REGISTRY = "us-docker.pkg.dev/vxdeploy/vxdeploy"
+REGISTRY_ENV = "VXDEPLOY_REGISTRY"
+"""The registry the images are pushed to (``make images``) and the pipeline is compiled for."""
+
+
+def registry() -> str:
+    """The configured registry prefix: ``$VXDEPLOY_REGISTRY``, else the built-in one.
+
+    Read at each call: a compiled pipeline sets it in every task's environment
+    (``vxdeploy compile --registry``), so a task finds the images of the registry it was compiled for.
+    """
+    return os.environ.get(REGISTRY_ENV, "").strip().rstrip("/") or DEFAULT_REGISTRY
+
+
+REGISTRY = registry()
+"""The registry this process started with (the one the component decorators below name)."""
 
 try:
     VERSION = version("vxdeploy")
@@ -15,16 +30,28 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 IMAGE_NAMES = ("optimizer", "runner", "serving")
 
 
-def image(name: str, registry: str = REGISTRY) -> str:
-    """The tag of one of the project's images, e.g. ``image('runner')``."""
+def image(name: str, registry_prefix: str | None = None) -> str:
+    """The tag of one of the project's images (``image('runner')``), by default in :func:`registry`."""
     if name not in IMAGE_NAMES:
         raise ValueError(f"unknown image {name!r}; known: {', '.join(IMAGE_NAMES)}")
-    return f"{registry}/{name}:{VERSION}"
+    return f"{(registry_prefix or registry()).rstrip('/')}/{name}:{VERSION}"
 
 
-OPTIMIZER_IMAGE = image("optimizer")
-RUNNER_IMAGE = image("runner")
-SERVING_IMAGE = image("serving")
+def serving_image() -> str:
+    """The project's serving image in the configured registry: what Vertex AI serves repositories from."""
+    return image("serving")
+
+
+def task_images(registry_prefix: str | None = None) -> dict[str, str]:
+    """Every image the pipeline's tasks run in, by name."""
+    return {name: image(name, registry_prefix) for name in IMAGE_NAMES}
+
+
+# Component decorators need a fixed image at import time; the compiler rewrites them to the
+# registry it compiles for (pipelines/compile.py).
+OPTIMIZER_IMAGE = image("optimizer", REGISTRY)
+RUNNER_IMAGE = image("runner", REGISTRY)
+SERVING_IMAGE = image("serving", REGISTRY)
 
 
 # What each image is built from, recorded once and handed to the Dockerfiles as build args
@@ -77,7 +104,7 @@ def _main(argv: list[str] | None = None) -> int:
         if args.what == "names":
             print("\n".join(IMAGE_NAMES))
         elif args.what == "tag":
-            print(image(args.name, args.registry.rstrip("/") or REGISTRY))
+            print(image(args.name, args.registry.rstrip("/") or None))
         else:
             print("\n".join(f"{k}={v}" for k, v in build_args(args.name).items()))
     except ValueError as exc:

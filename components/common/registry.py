@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as api_exceptions
 
+from components.cloud.labels import label_value
+from components.cloud.vertex import vertex_client
 from components.common.config import DeploymentConfig, ModelConfig
 from components.common.errors import CloudOperationError, ConfigError, ModelIntakeError, UserError
-from components.common.vertex_clients import vertex_client
 
 if TYPE_CHECKING:  # aiplatform_v1 takes a second to import; intake imports this module for every run
     from google.auth.credentials import Credentials
@@ -105,11 +106,6 @@ def parse_registry_uri(uri: str) -> RegistryModelRef:
     return RegistryModelRef(
         match["project"], match["location"], match["model"], match["version"] or "default"
     )
-
-
-def label_value(text: str) -> str:
-    """``text`` as a label value: lowercase letters, digits, ``_`` and ``-``, at most 63 characters."""
-    return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-")[:63]
 
 
 def source_model_labels(version: RegistryModelVersion) -> dict[str, str]:

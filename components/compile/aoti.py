@@ -11,12 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.common import signature as signatures
 from components.common.errors import CandidateUnavailable, ParityError
 from components.common.signature import ModelSignature
+from components.verify.compare import ParityTolerance, check_parity
+from components.verify.runners import AotiRunner, TorchRunner
 
 PACKAGE_FILE = "model.pt2"
 # The compiled model must match the program it came from up to float reassociation.
 _CHECK_ATOL = 1e-3
+_CHECK_RTOL = 1e-3
 
 
 def inductor_configs(device: str, *, max_autotune: bool = False, freezing: bool = True) -> dict[str, Any]:
@@ -47,9 +51,7 @@ def load_exported_program(source_path: str | Path, source_format: str) -> Any:
             "the source model is TorchScript: AOT Inductor compiles a torch.export program; re-export the "
             "model with torch.export.export and save it as .pt2 to get an AOTI candidate"
         )
-    import torch
-
-    return torch.export.load(str(source_path))
+    return signatures.load_exported_program(source_path)
 
 
 def compile_aoti(
@@ -86,7 +88,9 @@ def compile_aoti(
         raise CandidateUnavailable(
             "no CUDA GPU on this machine; the CUDA AOTI package is built on the serving GPU"
         )
-    ep = with_standard_input_layout(load_exported_program(source_path, source_format))
+    ep = load_exported_program(source_path, source_format)
+    if not signature.keyword_inputs:
+        ep = with_standard_input_layout(ep)
     if device == "cuda":
         from torch.export.passes import move_to_device_pass
 
@@ -99,19 +103,23 @@ def compile_aoti(
     torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=dict(configs))
     compile_s = time.perf_counter() - start
 
+    # The program and the package run through the same runners as everywhere else: the program is
+    # called the way its in_spec says, outputs (dicts, ModelOutput) compared by name.
     feeds = signature.sample_inputs(batch=2)
-    args = [torch.from_numpy(feeds[name]).to(device) for name in signature.input_names]
-    compiled = torch._inductor.aoti_load_package(str(tmp))
-    with torch.inference_mode():
-        expected = _as_list(ep.module()(*args))
-        got = _as_list(compiled(*args))
-    diff = max(float((e.float() - g.float()).abs().max()) for e, g in zip(expected, got, strict=True))
-    if not diff <= _CHECK_ATOL:
-        tmp.unlink(missing_ok=True)
-        raise ParityError(
-            f"the {device} AOT Inductor package differs from its torch.export program by {diff:.3g} "
-            f"(max abs, tolerance {_CHECK_ATOL}); try compilation.aoti_freezing=false"
+    expected = TorchRunner("torch_export", ep.module(), signature, device).run(feeds)
+    got = AotiRunner("aoti", tmp, signature, device).run(feeds)
+    try:
+        comparisons = check_parity(
+            expected,
+            got,
+            ParityTolerance(atol=_CHECK_ATOL, rtol=_CHECK_RTOL, min_cosine=0.0),
+            what=f"the {device} AOT Inductor package",
+            fix="Try compilation.aoti_freezing=false.",
         )
+    except ParityError:
+        tmp.unlink(missing_ok=True)
+        raise
+    diff = max((c.max_abs_diff for c in comparisons), default=0.0)
     tmp.replace(out)
     return {
         "inductor_configs": configs,
@@ -159,7 +167,3 @@ def with_standard_input_layout(ep: Any) -> Any:
         args.append(torch.zeros(shape, dtype=val.dtype))
         dynamic_shapes.append(spec)
     return torch.export.export(ep.module(), tuple(args), dynamic_shapes=tuple(dynamic_shapes))
-
-
-def _as_list(out: Any) -> list[Any]:
-    return list(out) if isinstance(out, (list, tuple)) else [out]

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _PRECISION = {
     "onnxruntime_fp32": "fp32",
     "onnxruntime_int8": "int8",
+    "onnxruntime_int8_dynamic": "int8",
     "tensorrt_fp32": "fp32",
     "tensorrt_fp16": "fp16",
     "tensorrt_int8": "int8",
@@ -52,6 +53,8 @@ class CompileSources:
         onnx_path: The FP32 ONNX model, if there is one.
         qdq_path: The Q/DQ INT8 ONNX model, if calibration produced and accepted one.
         qdq_unavailable_reason: Why there is no Q/DQ model (the gate's reason), shown on INT8 candidates.
+        dynamic_path: The dynamically quantized INT8 model, if calibration wrote and accepted one.
+        dynamic_unavailable_reason: Why there is none, shown on the dynamic INT8 candidate.
         source_path: The source model (a torch.export ``.pt2`` for AOT Inductor).
         source_format: ``torch_export``, ``torchscript`` or ``onnx``.
     """
@@ -61,6 +64,8 @@ class CompileSources:
     qdq_path: Path | None = None
     qdq_unavailable_reason: str = ""
     source_path: Path | None = None
+    dynamic_path: Path | None = None
+    dynamic_unavailable_reason: str = ""
     source_format: str = ""
 
 
@@ -117,8 +122,7 @@ def build_candidates(
 
     candidates: list[Candidate] = []
     for kind in dict.fromkeys(cfg.candidates):
-        if kind in ("onnxruntime_fp32", "onnxruntime_int8"):
-            int8 = kind == "onnxruntime_int8"
+        if kind in ("onnxruntime_fp32", "onnxruntime_int8", "onnxruntime_int8_dynamic"):
             candidates.append(
                 _build_one(
                     out,
@@ -126,7 +130,7 @@ def build_candidates(
                     kind,
                     runtime="onnxruntime",
                     device="cpu",
-                    build=partial(_onnxruntime, cfg=cfg, sources=sources, int8=int8),
+                    build=partial(_onnxruntime, cfg=cfg, sources=sources, kind=kind),
                 )
             )
         elif kind == "aoti":
@@ -207,16 +211,26 @@ def _build_one(
     )
 
 
+def _dynamic(sources: CompileSources) -> Path:
+    reason = sources.dynamic_unavailable_reason or "calibration wrote no dynamic INT8 model"
+    return _require(sources.dynamic_path, f"no dynamic INT8 model: {reason}")
+
+
 def _onnxruntime(
-    folder: Path, *, cfg: CompilationConfig, sources: CompileSources, int8: bool
+    folder: Path, *, cfg: CompilationConfig, sources: CompileSources, kind: str
 ) -> dict[str, Any]:
-    src = _qdq(sources) if int8 else _fp32_onnx(sources)
+    sources_by_kind = {
+        "onnxruntime_fp32": _fp32_onnx,
+        "onnxruntime_int8": _qdq,
+        "onnxruntime_int8_dynamic": _dynamic,
+    }
     result = ort.build_onnxruntime_candidate(
-        src,
+        sources_by_kind[kind](sources),
         folder,
         optimization_level=cfg.ort_optimization_level,
         save_optimized_model=cfg.ort_save_optimized_model,
-        require_qdq=int8,
+        require_qdq=kind == "onnxruntime_int8",
+        require_int8=kind == "onnxruntime_int8_dynamic",
     )
     result["versions"] = _versions("onnxruntime", "onnx")
     # onnxruntime-gpu (the GPU image) records CUDA first: the candidate then serves on the GPU.

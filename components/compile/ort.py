@@ -96,6 +96,20 @@ def count_qdq_nodes(model_path: str | Path) -> int:
     return sum(1 for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear"))
 
 
+DYNAMIC_INT8_OPS = frozenset(
+    {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger"}
+)
+"""Operators only a dynamically quantized graph has."""
+
+
+def count_dynamic_int8_nodes(model_path: str | Path) -> int:
+    """Number of dynamic-quantization nodes (0 means not dynamically quantized)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return sum(1 for n in model.graph.node if n.op_type in DYNAMIC_INT8_OPS)
+
+
 def build_onnxruntime_candidate(
     onnx_path: str | Path,
     folder: str | Path,
@@ -103,6 +117,7 @@ def build_onnxruntime_candidate(
     optimization_level: str = "all",
     save_optimized_model: bool = False,
     require_qdq: bool = False,
+    require_int8: bool = False,
 ) -> dict[str, Any]:
     """Copy an ONNX model into ``folder`` with its session options, checked by opening a session.
 
@@ -113,6 +128,7 @@ def build_onnxruntime_candidate(
         save_optimized_model: Also store ONNX Runtime's optimized graph (valid for this ONNX
             Runtime version and CPU features only, so it is an extra file, not the served one).
         require_qdq: Refuse a model without Q/DQ nodes (an INT8 candidate that is not INT8).
+        require_int8: Refuse a model without dynamic-quantization nodes (``DynamicQuantizeLinear``...).
 
     Returns:
         ``{"file": ..., "options": ...}`` with ``file`` relative to ``folder``.
@@ -127,6 +143,8 @@ def build_onnxruntime_candidate(
         raise CandidateUnavailable(
             f"{str(src)!r} has no QuantizeLinear/DequantizeLinear nodes: it is not a Q/DQ INT8 model"
         )
+    if require_int8 and count_dynamic_int8_nodes(src) == 0:
+        raise CandidateUnavailable(f"{str(src)!r} has no dynamic-quantization nodes: it is not dynamic INT8")
     out = Path(folder)
     shutil.copyfile(src, out / MODEL_FILE)
     # External weights (models over 2 GB) travel with the graph.

@@ -8,7 +8,7 @@ from typing import Any
 from components.common.config import CompilationConfig, parse_section
 from components.common.errors import ConfigError
 from components.common.signature import ModelSignature, signature_from_onnx
-from components.common.stage import StageReport, log_metrics, timed
+from components.common.stage import StageReport, log_metrics, reports_failure, timed
 from components.compile.build import CompileSources, build_candidates
 from components.compile.gpus import check_build_hardware
 
@@ -44,16 +44,26 @@ def sources_from_artifacts(source_model: Any, onnx_model: Any, qdq_model: Any) -
     if not qdq_meta.get("accepted", qdq_path is not None):
         reason = str(qdq_meta.get("reason") or "the INT8 model was rejected by its accuracy gate")
         qdq_path = None
+    dynamic_path, dynamic_reason = None, "calibration wrote no dynamic INT8 model (quantization.dynamic)"
+    if qdq_model is not None and qdq_meta.get("dynamic_file"):
+        dynamic_path = Path(qdq_model.path) / str(qdq_meta["dynamic_file"])
+        dynamic_reason = ""
+        if not qdq_meta.get("dynamic_accepted", False):
+            dynamic_reason = str(qdq_meta.get("dynamic_reason") or "rejected by its accuracy gate")
+            dynamic_path = None
     return CompileSources(
         signature=signature,
         onnx_path=onnx_path,
         qdq_path=qdq_path,
         qdq_unavailable_reason=reason,
+        dynamic_path=dynamic_path,
+        dynamic_unavailable_reason=dynamic_reason,
         source_path=artifact_file(source_model, "model.pt2"),
         source_format=str(source_meta.get("format", "")),
     )
 
 
+@reports_failure("compile")
 def run(
     source_model: Any,
     onnx_model: Any,

@@ -21,7 +21,7 @@ from typing import Any
 
 from components.common.config import CompilationConfig
 from components.common.errors import CandidateUnavailable, ConfigError, InternalError, UserError
-from components.common.signature import BATCH_DIM, ModelSignature
+from components.common.signature import BATCH_DIM, ModelSignature, resolve_dim_profiles
 from components.compile.gpus import gpu_family, resolve_gpu
 
 ENGINE_FILE = "model.plan"
@@ -72,13 +72,14 @@ def optimization_profile(cfg: CompilationConfig, signature: ModelSignature) -> d
     """Min/opt/max shapes of every input, from ``batch_profile`` and ``dim_profiles``.
 
     Static dims are fixed; the batch dim takes ``compilation.batch_profile``; every other dynamic
-    dim takes ``compilation.dim_profiles[<symbol>]``.
+    dim takes ``compilation.dim_profiles[<input>.<axis>]``, by default the range the data showed
+    at intake (:func:`~components.common.signature.resolve_dim_profiles`).
 
     Raises:
-        ConfigError: when a dynamic dim has no profile, or ``dim_profiles`` names a symbol the
+        ConfigError: when a dynamic dim has no profile, or ``dim_profiles`` names a dim the
             model does not have.
     """
-    symbols: set[str] = set()
+    dim_profiles = resolve_dim_profiles(signature, cfg.dim_profiles)
     profile: dict[str, ShapeRange] = {}
     for spec in signature.inputs:
         ranges: list[tuple[int, int, int]] = []
@@ -86,29 +87,10 @@ def optimization_profile(cfg: CompilationConfig, signature: ModelSignature) -> d
             if isinstance(dim, int):
                 ranges.append((dim, dim, dim))
                 continue
-            if dim == BATCH_DIM and axis == 0:
-                p = cfg.batch_profile
-            else:
-                symbols.add(dim)
-                if dim not in cfg.dim_profiles:
-                    raise ConfigError(
-                        "compilation.dim_profiles",
-                        dict(cfg.dim_profiles),
-                        f"input {spec.name!r} axis {axis} is dynamic ({dim!r}) and has no profile; "
-                        f"add compilation.dim_profiles.{dim} = {{min: ..., opt: ..., max: ...}}",
-                    )
-                p = cfg.dim_profiles[dim]
+            p = cfg.batch_profile if dim == BATCH_DIM and axis == 0 else dim_profiles[dim]
             ranges.append((p.min, p.opt, p.max))
         profile[spec.name] = ShapeRange(
             tuple(r[0] for r in ranges), tuple(r[1] for r in ranges), tuple(r[2] for r in ranges)
-        )
-    unknown = sorted(set(cfg.dim_profiles) - symbols)
-    if unknown:
-        raise ConfigError(
-            "compilation.dim_profiles",
-            sorted(cfg.dim_profiles),
-            f"{unknown} are not dynamic dims of the model; its dynamic dims besides the batch are "
-            f"{sorted(symbols) or 'none'}",
         )
     return profile
 

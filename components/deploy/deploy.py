@@ -16,19 +16,20 @@ from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1
 from google.protobuf import duration_pb2
 
-from components.common.config import DeploymentConfig
-from components.common.errors import UserError
-from components.deploy.endpoints import get_endpoint
-from components.deploy.model_upload import ModelVersion, ServingContainer
-from components.deploy.vertex import (
+from components.cloud.endpoints import get_endpoint
+from components.cloud.vertex import (
     VertexApi,
-    call,
+    create_once,
     get_operation,
+    pending_operations,
     record_gcp_resource,
     recorded_operations,
     same_resource,
     wait_for_operation,
 )
+from components.common.config import DeploymentConfig
+from components.common.errors import UserError
+from components.deploy.model_upload import ModelVersion, ServingContainer
 
 CPU_UTILIZATION = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
 GPU_DUTY_CYCLE = "aiplatform.googleapis.com/prediction/online/accelerator/duty_cycle"
@@ -142,18 +143,38 @@ def deploy_model_version(
         resumed = _resume(api, endpoint_name, op_name, version, cfg)
         if resumed is not None:
             return resumed
+    # Under the lease no other run deploys here: an unfinished deploy on the endpoint is an earlier
+    # try's whose answer (or process) was lost. Finish it rather than deploying a second copy.
+    for op_name in pending_operations(api, endpoint_name, aiplatform_v1.DeployModelOperationMetadata):
+        resumed = _resume(api, endpoint_name, op_name, version, cfg)
+        if resumed is not None:
+            return resumed
     deployed = build_deployed_model(version, cfg)
     if cfg.min_replicas == 0:
-        lro = call(
-            api.endpoints_beta.deploy_model,
-            deploy_request_beta(deployed, endpoint_name, cfg),
-            api=api,
-            write=True,
-        )
+        beta_request = deploy_request_beta(deployed, endpoint_name, cfg)
+
+        def send() -> str | DeployOutcome:
+            lro = api.endpoints_beta.deploy_model(request=beta_request, timeout=api.call_timeout_s)
+            return str(lro.operation.name)
+
     else:
         request = aiplatform_v1.DeployModelRequest(endpoint=endpoint_name, deployed_model=deployed)
-        lro = call(api.endpoints.deploy_model, request, api=api, write=True)
-    op_name = lro.operation.name
+
+        def send() -> str | DeployOutcome:
+            lro = api.endpoints.deploy_model(request=request, timeout=api.call_timeout_s)
+            return str(lro.operation.name)
+
+    def look_up() -> str | DeployOutcome | None:
+        found = find_deployment(get_endpoint(api, endpoint_name), version)
+        if found is not None:
+            return DeployOutcome(found, "", "found")
+        pending = pending_operations(api, endpoint_name, aiplatform_v1.DeployModelOperationMetadata)
+        return pending[0] if pending else None
+
+    sent = create_once(f"DeployModel of {version.versioned_name}", send, look_up, api=api)
+    if isinstance(sent, DeployOutcome):
+        return sent
+    op_name = sent
     record_gcp_resource(gcp_resources_path, "DeployModel", api.resource_uri(op_name))
     if on_started is not None:
         on_started(op_name)

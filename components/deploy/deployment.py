@@ -13,25 +13,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.cloud.endpoints import EndpointRef, get_endpoint, get_or_create_endpoint
+from components.cloud.labels import label_value
+from components.cloud.lease import (
+    LeaseAcquisition,
+    acquire_lease,
+    read_lease,
+    release_lease_if_untouched,
+    update_lease,
+)
+from components.cloud.recovery import RollbackResult, recover_rollout, roll_back_rollout
+from components.cloud.vertex import OperationTimeoutError, VertexApi, connect
 from components.common.config import CanaryConfig, DeploymentConfig, ModelConfig
 from components.common.errors import CloudOperationError, UserError
 from components.deploy.deploy import DeployOutcome, check_serving_compatibility, deploy_model_version
-from components.deploy.endpoints import EndpointRef, get_or_create_endpoint
-from components.deploy.lease import (
-    LeaseAcquisition,
-    RollbackResult,
-    acquire_lease,
-    release_lease_if_untouched,
-    roll_back_rollout,
-    update_lease,
-)
 from components.deploy.model_upload import (
     ModelVersion,
     ServingContainer,
     repository_checksum,
     upload_model_version,
 )
-from components.deploy.vertex import OperationTimeoutError, VertexApi, connect, label_value
 
 MODEL_REPOSITORY_DIR = "model_repository"
 MANIFEST_FILE = "manifest.json"
@@ -127,6 +128,21 @@ def stage_repository(
     )
 
 
+def _give_back(api: VertexApi, endpoint_name: str, run_id: str, cfg: DeploymentConfig) -> None:
+    """After a failed deploy: undo what it left (a deploy under way, a stray copy) and free the lease.
+
+    Best effort: when this fails too, the exit handler recovers from what the lease records.
+    """
+    try:
+        if release_lease_if_untouched(api, endpoint_name, run_id):
+            return
+        lease = read_lease(get_endpoint(api, endpoint_name))
+        if lease is not None and lease.held_by(run_id) and not lease.committed:
+            roll_back_rollout(api, endpoint_name, lease, run_id=run_id, timeout_s=cfg.operation_timeout_s)
+    except Exception:  # noqa: BLE001 - best effort: the caller re-raises the failure that brought us here
+        pass
+
+
 def deploy_to_endpoint(
     repo_dir: str | Path,
     artifact_uri: str,
@@ -186,18 +202,31 @@ def deploy_to_endpoint(
             "use a "
             "dedicated endpoint, or set deployment.smoke_test_route='none' to deploy without a smoke test"
         )
-    lease = acquire_lease(api, endpoint.name, run_id, canary_cfg.lease_ttl_s)
+
+    def take_lease() -> LeaseAcquisition:
+        return acquire_lease(
+            api,
+            endpoint.name,
+            run_id,
+            canary_cfg.lease_ttl_s,
+            keep_previous=canary_cfg.keep_previous,
+            grace_s=canary_cfg.undeploy_grace_s,
+        )
+
+    lease = take_lease()
     recovered = None
-    if lease.taken_over is not None and (lease.taken_over.canary_id or lease.taken_over.operation_id):
-        recovered = roll_back_rollout(
+    if lease.taken_over is not None:
+        # A dead run's rollout: restore it (before its commit point) or finish it (after), then start
+        # this one from the split that serves once that is done.
+        recovered = recover_rollout(
             api,
             endpoint.name,
             lease.taken_over,
             run_id=run_id,
             timeout_s=cfg.operation_timeout_s,
-            ttl_s=canary_cfg.lease_ttl_s,
-            release=False,
+            made_by=lease.taken_over.holder,
         )
+        lease = take_lease()
     timings["endpoint_and_lease"] = time.perf_counter() - t
 
     try:
@@ -245,7 +274,7 @@ def deploy_to_endpoint(
         raise  # the operation goes on: keep the lease so a retry resumes it (or the exit handler cancels it)
     except (CloudOperationError, UserError):
         # Nothing took traffic: give the endpoint back so the next run is not blocked by this one.
-        release_lease_if_untouched(api, endpoint.name, run_id)
+        _give_back(api, endpoint.name, run_id, cfg)
         raise
     timings["total"] = time.perf_counter() - t0
     return DeploymentResult(

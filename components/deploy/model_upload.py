@@ -16,21 +16,20 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1
 
-from components.common.config import TritonConfig
-from components.common.errors import UserError
-from components.deploy.vertex import (
-    CHECKSUM_KEY,
-    MANAGED_BY_KEY,
-    MANAGED_BY_VALUE,
-    RUN_ID_KEY,
+from components.cloud.aliases import merge_aliases
+from components.cloud.labels import CHECKSUM_KEY, MANAGED_BY_KEY, MANAGED_BY_VALUE, RUN_ID_KEY, label_value
+from components.cloud.vertex import (
     VertexApi,
     call,
+    create_once,
     get_operation,
-    label_value,
+    pending_operations,
     record_gcp_resource,
     recorded_operations,
     wait_for_operation,
 )
+from components.common.config import TritonConfig
+from components.common.errors import UserError
 
 TRITON_HTTP_PORT = 8000
 
@@ -55,11 +54,11 @@ class ServingContainer:
 
         Vertex AI copies ``artifactUri`` into the container and names the copy in ``AIP_STORAGE_URI``.
         """
-        from components.package.vertex import VERTEX_TRITON_IMAGE
+        from components.package.vertex import default_serving_image
 
         triton = triton or TritonConfig()
         return cls(
-            image_uri=triton.serving_image or VERTEX_TRITON_IMAGE,
+            image_uri=default_serving_image(triton),
             command=["tritonserver"],
             args=["--model-repository=$(AIP_STORAGE_URI)"],
             ports=[TRITON_HTTP_PORT],
@@ -227,12 +226,14 @@ def upload_model_version(
             scheduled run can tell that version already serves.
     """
     parent = resolve_parent_model(api, parent_model, display_name)
-    if parent:
-        found = find_version_of_run(api, parent, run_id)
-        if found is not None:
-            return ModelVersion(str(found.name), str(found.version_id), display_name, reused=True)
-    for op_name in reversed(recorded_operations(gcp_resources_path, "UploadModel")):
-        resumed = _resume_upload(api, op_name, timeout_s)
+    # An earlier try of this run may have uploaded (or still be uploading) this version.
+    earlier = _lost_upload(
+        api, parent or f"{api.parent}/models/{model_id_for(display_name)}", run_id, display_name, timeout_s
+    )
+    if earlier is not None:
+        return earlier
+    for recorded in reversed(recorded_operations(gcp_resources_path, "UploadModel")):
+        resumed = _resume_upload(api, recorded, timeout_s)
         if resumed is not None:
             return resumed
     labels = {
@@ -251,27 +252,58 @@ def upload_model_version(
         version_aliases=list(aliases),
     )
     request = aiplatform_v1.UploadModelRequest(parent=api.parent, model=model)
+    model_name = parent or f"{api.parent}/models/{model_id_for(display_name)}"
     if parent:
         request.parent_model = parent
     else:
         request.model_id = model_id_for(display_name)
+
+    def send() -> str | ModelVersion:
+        lro = api.models.upload_model(request=request, timeout=api.call_timeout_s)
+        return str(lro.operation.name)
+
+    def look_up() -> str | ModelVersion | None:
+        # A lost upload left an operation under way or, once done, a version labelled with this run.
+        return _lost_upload(api, model_name, run_id, display_name, timeout_s)
+
     try:
-        lro = call(api.models.upload_model, request, api=api, write=True)
+        sent = create_once(
+            f"UploadModel {display_name!r}", send, look_up, api=api, passthrough=(gexc.Conflict,)
+        )
     except gexc.Conflict:  # 409: over REST an ALREADY_EXISTS arrives as Conflict
         # An earlier try created the model after our look-up (its answer was lost): that upload may be
         # this run's version; otherwise add a version to the model it made.
-        existing = f"{api.parent}/models/{model_id_for(display_name)}"
-        found = find_version_of_run(api, existing, run_id)
-        if found is not None:
-            return ModelVersion(str(found.name), str(found.version_id), display_name, reused=True)
+        found_lost = _lost_upload(api, model_name, run_id, display_name, timeout_s)
+        if isinstance(found_lost, ModelVersion):
+            return found_lost
         request.model_id = ""
-        request.parent_model = existing
-        lro = call(api.models.upload_model, request, api=api, write=True)
-    op_name = lro.operation.name
+        request.parent_model = model_name
+        sent = create_once(f"UploadModel {display_name!r}", send, look_up, api=api)
+    if isinstance(sent, ModelVersion):
+        return sent
+    op_name = sent
     record_gcp_resource(gcp_resources_path, "UploadModel", api.resource_uri(op_name))
     done = wait_for_operation(api, op_name, timeout_s=timeout_s, what=f"UploadModel {display_name!r}")
     response = aiplatform_v1.UploadModelResponse.deserialize(done.response.value)
     return ModelVersion(str(response.model), str(response.model_version_id), display_name, operation=op_name)
+
+
+def _lost_upload(
+    api: VertexApi, model_name: str, run_id: str, display_name: str, timeout_s: float
+) -> ModelVersion | None:
+    """The version a lost upload of this run made: its operations under way are waited for first."""
+    for op_name in pending_operations(api, model_name, aiplatform_v1.UploadModelOperationMetadata):
+        try:
+            wait_for_operation(api, op_name, timeout_s=timeout_s, what="UploadModel (lost answer)")
+        except Exception:  # noqa: BLE001 - a failed or foreign upload: the label look-up below decides
+            pass
+    try:
+        found = find_version_of_run(api, model_name, run_id)
+    except gexc.NotFound:
+        return None
+    if found is None:
+        return None
+    return ModelVersion(str(found.name), str(found.version_id), display_name, reused=True)
 
 
 def _resume_upload(api: VertexApi, op_name: str, timeout_s: float) -> ModelVersion | None:
@@ -288,8 +320,13 @@ def _resume_upload(api: VertexApi, op_name: str, timeout_s: float) -> ModelVersi
     return ModelVersion(str(response.model), str(response.model_version_id), reused=True, operation=op_name)
 
 
-def merge_aliases(api: VertexApi, version: str, aliases: Sequence[str]) -> list[str]:
-    """Add (or with a leading '-', remove) aliases on ``projects/.../models/M@V``; returns its aliases."""
-    request = aiplatform_v1.MergeVersionAliasesRequest(name=version, version_aliases=list(aliases))
-    model = call(api.models.merge_version_aliases, request, api=api)
-    return [str(a) for a in model.version_aliases]
+__all__ = [
+    "ModelVersion",
+    "ServingContainer",
+    "find_version_of_run",
+    "merge_aliases",
+    "model_id_for",
+    "repository_checksum",
+    "resolve_parent_model",
+    "upload_model_version",
+]

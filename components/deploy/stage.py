@@ -5,17 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from components.cloud.vertex import VertexApi, resource_id
 from components.common.config import CanaryConfig, DeploymentConfig, ModelConfig, parse_section
-from components.common.stage import StageReport, timed, write_json
+from components.common.stage import StageReport, reports_failure, timed, write_json
 from components.deploy.deployment import DeploymentResult, deploy_to_endpoint
 from components.deploy.model_upload import ServingContainer
-from components.deploy.vertex import VertexApi, resource_id
 
 
 class DeployOutputs(NamedTuple):
     deployed_model_id: str
 
 
+@reports_failure("deploy")
 def run(
     triton_repository: Any,
     source_model: Any,

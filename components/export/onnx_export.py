@@ -19,9 +19,9 @@ import numpy as np
 
 from components.common.config import ExportConfig, ModelConfig, ModelPartConfig
 from components.common.errors import ConfigError, DataError, InternalError, ModelIntakeError
-from components.common.signature import ModelSignature, signature_from_onnx
-from components.export.parity import OutputComparison, ParityTolerance, check_parity, summarize
-from components.export.runners import load_torch_module, run_onnxruntime, run_pytorch
+from components.common.signature import ModelSignature, load_exported_program, signature_from_onnx
+from components.verify.compare import OutputComparison, ParityTolerance, check_parity, summarize
+from components.verify.runners import OnnxRuntimeRunner, TorchRunner, load_torch_module, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def export_onnx(
         model, reference, ref_kind = _prepare_onnx_source(src, cfg, inputs, batch_sizes)
     elif model_format in ("torch_export", "torchscript"):
         model = _export_torch(src, model_format, signature, cfg, inputs)
-        module = load_torch_module(src, model_format)
-        reference, ref_kind = run_pytorch(module, signature, inputs, batch_sizes[-1]), "pytorch"
+        module = TorchRunner("pytorch", load_torch_module(src, model_format), signature)
+        reference, ref_kind = run_batches(module, inputs, (batch_sizes[-1],)), "pytorch"
     else:
         raise ModelIntakeError(
             f"model.format={model_format!r}: export supports torch_export, torchscript and onnx"
@@ -114,8 +114,8 @@ def export_onnx(
     save_onnx_atomic(model, out)
     parity: list[OutputComparison] = []
     try:
-        final_sig = signature_from_onnx(out)
-        candidate = run_onnxruntime(out, inputs, batch_sizes)
+        final_sig = signature_from_onnx(out).carrying_call_and_tasks_of(signature)
+        candidate = run_batches(OnnxRuntimeRunner("onnxruntime", out), inputs, batch_sizes)
         if reference is not None:
             tol = ParityTolerance(atol=cfg.atol, rtol=cfg.rtol, min_cosine=cfg.min_cosine)
             parity = check_parity(
@@ -216,12 +216,16 @@ def _export_torch(
     import torch
 
     if fmt == "torch_export":
-        ep = torch.export.load(str(src))
+        ep = load_exported_program(src)
         # The program already carries its dynamic dims (its range constraints); the exporter keeps them.
+        # Its example call must take the inputs as the program does: positional or by keyword.
+        examples = {n: torch.from_numpy(np.ascontiguousarray(inputs[n][:2])) for n in signature.input_names}
+        args, kwargs = signature.call_arguments(examples)
         try:
             program = torch.onnx.export(
                 ep,
-                (),
+                tuple(args),
+                kwargs=kwargs or None,
                 dynamo=True,
                 opset_version=cfg.opset,
                 input_names=signature.input_names,
@@ -249,6 +253,14 @@ def _export_torchscript(
 
     module = torch.jit.load(str(src), map_location="cpu").eval()
     args = tuple(torch.from_numpy(np.ascontiguousarray(inputs[n][:2])) for n in signature.input_names)
+    with torch.no_grad():
+        probe = module(*args)
+    if not isinstance(probe, torch.Tensor) and not (
+        isinstance(probe, tuple) and all(isinstance(t, torch.Tensor) for t in probe)
+    ):
+        # The TorchScript exporter has no ONNX for prim::DictConstruct: trace a wrapper that
+        # returns the flattened outputs (in the signature's order) instead.
+        module = torch.jit.trace(_flat_outputs(module), args, strict=False)
     dynamic_axes = {t.name: t.dynamic_axes for t in (*signature.inputs, *signature.outputs) if t.dynamic_axes}
     with tempfile.TemporaryDirectory(prefix="vx-ts-") as tmp:
         path = Path(tmp) / ONNX_FILE
@@ -269,6 +281,23 @@ def _export_torchscript(
         return onnx.load(str(path))
 
 
+def _flat_outputs(module: Any) -> Any:
+    """``module`` wrapped to return its flat tensors as a tuple (for dict or nested results)."""
+    import torch
+
+    from components.common.signature import flatten_outputs
+
+    class FlatOutputs(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args: Any) -> tuple[Any, ...]:
+            return tuple(flatten_outputs(self.inner(*args)))
+
+    return FlatOutputs(module)
+
+
 def _prepare_onnx_source(
     src: Path, cfg: ExportConfig, inputs: Mapping[str, np.ndarray], batch_sizes: Sequence[int]
 ) -> tuple[Any, dict[str, np.ndarray] | None, str]:
@@ -285,7 +314,7 @@ def _prepare_onnx_source(
         if current > cfg.opset:
             log.warning("ONNX source has opset %d, above export.opset=%d; kept as is", current, cfg.opset)
         return model, None, "none"
-    reference = run_onnxruntime(src, inputs, batch_sizes)
+    reference = run_batches(OnnxRuntimeRunner("onnx_source", src), inputs, batch_sizes)
     try:
         converted = version_converter.convert_version(model, cfg.opset)
     except Exception as exc:

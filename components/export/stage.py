@@ -10,10 +10,11 @@ from components.common.config import ExportConfig, ModelConfig, parse_section
 from components.common.data import load_dataset
 from components.common.errors import ModelIntakeError
 from components.common.signature import ModelSignature
-from components.common.stage import StageReport, log_metrics, timed
+from components.common.stage import StageReport, log_metrics, reports_failure, timed
 from components.export.onnx_export import ONNX_FILE, ExportResult, export_onnx, export_parts
 
 
+@reports_failure("export")
 def run(
     source_model: Any,
     eval_data: Any,

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.common import builtin, registry
-from components.common.config import DataConfig, ModelConfig, TensorOverride
+from components.common.config import BuildProfile, DataConfig, ModelConfig, TensorOverride
 from components.common.data import Dataset, load_dataset
-from components.common.errors import ModelIntakeError, UserError
+from components.common.errors import ConfigError, ModelIntakeError, UserError
 from components.common.signature import (
     BATCH_DIM,
     ModelSignature,
     TensorSpec,
+    flatten_outputs,
+    load_exported_program,
+    output_names_of,
+    resolve_dim_profiles,
     signature_from_exported_program,
     signature_from_onnx,
 )
 from components.common.uris import copy_atomic, localize
+from components.verify.accuracy import resolve_output_metrics
 
 MODEL_FORMATS = ("torch_export", "torchscript", "onnx")
 
@@ -46,39 +53,96 @@ def detect_format(path: Path, declared: str) -> str:
     """The model file's format: the declared one, or sniffed from its contents."""
     if declared != "auto":
         return declared
-    head = path.read_bytes()[:4] if path.is_file() else b""
+    if path.is_dir():
+        raise ModelIntakeError(f"model.uri={str(path)!r} is a directory, not a model file; {_MODEL_HINT}")
+    head = path.read_bytes()[:512]
+    if not head:
+        raise ModelIntakeError(f"model.uri={str(path)!r} is an empty file; {_MODEL_HINT}")
     if path.suffix == ".onnx":
         return "onnx"
+    if head.startswith(b"\x93NUMPY"):
+        raise ModelIntakeError(f"model.uri={str(path)!r} is a NumPy array (.npy), not a model; {_MODEL_HINT}")
     if head.startswith(b"PK"):  # zip: torch.export .pt2 or TorchScript archive
         import zipfile
 
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile as exc:
+            raise ModelIntakeError(
+                f"model.uri={str(path)!r} is a truncated or damaged zip archive ({exc}); a .pt2 or "
+                "TorchScript file is a zip: copy it again or save it again with torch.export.save"
+            ) from None
         if any("/data/" in n and n.endswith(".pkl") or n.endswith("constants.pkl") for n in names) and any(
             "code/" in n for n in names
         ):
             return "torchscript"
         return "torch_export"
+    if path.suffix in (".pt2", ".pt", ".pth", ".zip"):
+        raise ModelIntakeError(
+            f"model.uri={str(path)!r} is not a zip archive, which every .pt2 and TorchScript file is "
+            f"(truncated, or not a PyTorch file); {_MODEL_HINT}"
+        )
+    if _looks_like_text(head):
+        raise ModelIntakeError(f"model.uri={str(path)!r} is a text file, not a model; {_MODEL_HINT}")
     raise ModelIntakeError(
-        f"model.uri={str(path)!r}: cannot tell the format (suffix {path.suffix!r}); "
-        f"set model.format to one of {', '.join(MODEL_FORMATS)}"
+        f"model.uri={str(path)!r}: cannot tell the format of this binary file (suffix {path.suffix!r}); "
+        f"set model.format to one of {', '.join(MODEL_FORMATS)}, or {_MODEL_HINT}"
     )
+
+
+_MODEL_HINT = "give a .pt2 file (torch.export.save), a TorchScript .pt (torch.jit.save) or an .onnx file"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\r\n\t" for c in text)
+
+
+@contextmanager
+def _torch_export_log() -> Iterator[list[str]]:
+    """Hold back torch.export's logged traceback of a failed load; collect its messages instead."""
+    import logging
+
+    records: list[str] = []
+
+    def collect(record: logging.LogRecord) -> bool:
+        records.append(record.getMessage())
+        if record.exc_info and record.exc_info[1] is not None:
+            records.append(str(record.exc_info[1]))
+        return False  # torch configures its handlers lazily: a filter holds the record back from all
+
+    logger = logging.getLogger("torch.export")
+    logger.addFilter(collect)
+    try:
+        yield records
+    finally:
+        logger.removeFilter(collect)
+
+
+def _last_error_line(lines: list[str]) -> str:
+    text = [line.strip() for record in lines for line in record.splitlines() if line.strip()]
+    return text[-1] if text else ""
 
 
 def read_signature(path: Path, fmt: str, cfg: ModelConfig) -> ModelSignature:
     """Read the signature from the model file (or, for TorchScript, from ``model.inputs``)."""
     if fmt == "onnx":
-        sig = signature_from_onnx(path)
-    elif fmt == "torch_export":
-        import torch
-
         try:
-            ep = torch.export.load(str(path))
-        except Exception as exc:
-            raise ModelIntakeError(
-                f"model.uri={str(path)!r} is not a loadable torch.export program ({exc}); "
-                "save it with torch.export.save(torch.export.export(model, args), 'model.pt2')"
-            ) from exc
+            sig = signature_from_onnx(path)
+        except ModelIntakeError as exc:
+            raise ModelIntakeError(f"model.uri: {exc}") from exc
+    elif fmt == "torch_export":
+        try:
+            with _torch_export_log() as logged:
+                ep = load_exported_program(path)
+        except ModelIntakeError as exc:
+            cause = _last_error_line(logged)
+            said = str(exc).replace(" Please check the warnings above for possible errors.", "")
+            raise ModelIntakeError(f"model.uri: {said}" + (f" (torch: {cause})" if cause else "")) from exc
         sig = signature_from_exported_program(ep, cfg.output_names)
     elif fmt == "torchscript":
         if not cfg.inputs:
@@ -107,8 +171,13 @@ def _torchscript_signature(
     probe = ModelSignature(specs, ()).sample_inputs(batch=2)
     with torch.no_grad():
         out = module(*[torch.from_numpy(probe[s.name]) for s in specs])
-    outs = list(out) if isinstance(out, (tuple, list)) else [out]
-    names = output_names or (["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))])
+    outs = flatten_outputs(out)
+    names = output_names or output_names_of(out)
+    if len(names) != len(outs):
+        raise ModelIntakeError(
+            f"model.output_names has {len(names)} names {list(names)} but the model returns "
+            f"{len(outs)} tensors; give one name per output or leave model.output_names unset"
+        )
     out_specs = tuple(
         TensorSpec(n, str(np.asarray(o.detach()).dtype), (BATCH_DIM, *tuple(int(d) for d in o.shape[1:])))
         for n, o in zip(names, outs, strict=True)
@@ -128,21 +197,56 @@ def resolve(uri: str, dest_dir: Path, *, what: str, api_endpoint: str | None = N
     """A local file for ``uri``: builtin, Model Registry version (``projects/...``), ``gs://`` or path.
 
     ``api_endpoint`` overrides the Vertex AI endpoint a registry version is read from.
+
+    Raises:
+        UserError: an empty URI, a missing file, or a cloud source without credentials.
     """
+    if not uri.strip():
+        raise ConfigError(
+            what, uri, "is empty; give a local path, a gs:// URI or a Model Registry version (projects/...)"
+        )
     if builtin.is_builtin(uri):
         return builtin.write_builtin(uri, dest_dir)
-    if registry.is_registry_uri(uri):
-        return registry.resolve_registry_model(uri, dest_dir, api_endpoint=api_endpoint)
-    return localize(uri, dest_dir, what=what)
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        if registry.is_registry_uri(uri):
+            return registry.resolve_registry_model(uri, dest_dir, api_endpoint=api_endpoint)
+        return localize(uri, dest_dir, what=what)
+    except DefaultCredentialsError:
+        raise UserError(
+            f"{what}={uri!r}: no Google Cloud credentials to read it; run `gcloud auth application-default "
+            "login` (or set GOOGLE_APPLICATION_CREDENTIALS), or give a local file"
+        ) from None
+
+
+def observed_dim_ranges(signature: ModelSignature, *datasets: Dataset) -> dict[str, tuple[int, int]]:
+    """Per dynamic dim (besides the batch), the smallest and largest size the data gives it."""
+    ranges: dict[str, tuple[int, int]] = {}
+    for dim, places in signature.dynamic_dims().items():
+        sizes = [int(ds.inputs[name].shape[axis]) for ds in datasets for name, axis in places]
+        if sizes:
+            ranges[dim] = (min(sizes), max(sizes))
+    return ranges
 
 
 def intake(
-    model_cfg: ModelConfig, data_cfg: DataConfig, workdir: str | Path, *, api_endpoint: str | None = None
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    workdir: str | Path,
+    *,
+    api_endpoint: str | None = None,
+    given_dim_profiles: dict[str, BuildProfile] | None = None,
 ) -> IntakeResult:
     """Resolve, read and check the model and both datasets.
 
+    The signature that comes back carries each output's task and metric (``model.task`` and
+    ``model.metrics``) and the range of each dynamic dim the data shows.
+
     Raises:
-        UserError: when the model cannot be read or the data does not fit it.
+        UserError: when the model cannot be read, the data does not fit it, ``model.metrics``
+            names no output, or ``given_dim_profiles`` (``compilation.dim_profiles``) name dims the
+            model does not have or do not cover the data.
     """
     work = Path(workdir)
     model_path = resolve(model_cfg.uri, work / "model", what="model.uri", api_endpoint=api_endpoint)
@@ -158,6 +262,16 @@ def intake(
     )
     if calib_path.resolve() == eval_path.resolve():
         raise UserError("data.calibration_uri and data.eval_uri are the same file; evaluate on held-out data")
+    sig = resolve_output_metrics(
+        sig,
+        model_cfg.task,
+        {name: m.model_dump() for name, m in model_cfg.metrics.items()},
+        sorted(evaluation.targets),
+        labels=evaluation.labels is not None,
+    )
+    observed = observed_dim_ranges(sig, calibration, evaluation)
+    resolve_dim_profiles(sig, dict(given_dim_profiles or {}), observed)
+    sig = sig.with_dim_ranges(observed)
     return IntakeResult(
         model_path=model_path,
         model_format=fmt,

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from components.common import registry
 from components.common.config import DataConfig, DeploymentConfig, ModelConfig, parse_section
-from components.common.stage import StageReport, timed
+from components.common.stage import StageReport, reports_failure, timed
 from components.intake.intake import intake, store_model
 
 
@@ -17,6 +17,7 @@ class IntakeOutputs(NamedTuple):
     deploy: bool
 
 
+@reports_failure("intake")
 def run(
     model: dict[str, Any],
     data: dict[str, Any],

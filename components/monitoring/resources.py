@@ -7,9 +7,10 @@ where a '-' is not part of a name, so the keys here use '_' (``managed_by``, not
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+from components.cloud.labels import label_value
 
 MANAGED_BY_KEY = "managed_by"
 MANAGED_BY_VALUE = "vxdeploy"
@@ -41,11 +42,6 @@ class ResourceOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def label_value(text: str) -> str:
-    """``text`` as a Cloud Monitoring label value: lowercase letters, digits, '_' and '-', at most 63."""
-    return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
 
 
 def managed_labels(endpoint_id: str) -> dict[str, str]:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.cloud.monitoring import MonitoringClients
+from components.cloud.retry import RetryPolicy
 from components.common.config import DeploymentConfig, MonitoringConfig, parse_section
-from components.common.stage import StageReport, timed
-from components.monitoring.clients import MonitoringClients
+from components.common.stage import StageReport, reports_failure, timed
 from components.monitoring.policies import ServingShape
 from components.monitoring.reconcile import MonitoringResult, setup_monitoring
-from components.monitoring.retry import RetryPolicy
 
 
+@reports_failure("monitoring")
 def run(
     vertex_endpoint: Any,
     deployment: dict[str, Any],

@@ -1,7 +1,7 @@
 """KFP components: Triton model repository packaging and a real serve check."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.common.images import RUNNER_IMAGE, SERVING_IMAGE
 
@@ -36,22 +36,42 @@ def serve_check(
     source_model: Input[Model],
     eval_data: Input[Dataset],
     triton: dict,
+    deployment: dict,
+    service_levels: dict,
     metrics: Output[Metrics],
+    summary: Output[Markdown],
     report: Output[Artifact],
 ) -> None:
-    """Serves the repository with a real Triton server and compares its answers with PyTorch.
+    """Serves the repository with a real Triton server, compares its answers with PyTorch, measures it.
 
-    Sends concurrent requests through tritonclient and reads Triton's statistics to show that
-    dynamic batching batches (fewer executions than requests).
+    In the serving image (on Vertex AI, on the deployment's accelerator) it runs that image's
+    ``/opt/tritonserver/bin/tritonserver`` over the packaged repository unchanged; elsewhere
+    nvidia-pytriton's bundled server with the substitutions it needs, each one reported.
+    Concurrent requests check the answers and that Triton's statistics count every request;
+    a concurrency sweep with dynamic batching off and on measures serving, and the cost table
+    is priced from the served throughput at the latency targets.
 
     Args:
         triton_repository: The packaged repository.
         source_model: The PyTorch reference.
         eval_data: Samples to send.
-        triton: The Triton section (serve_check switch).
-        metrics: Requests, executions, p50/p99 latency, max abs diff.
+        triton: The Triton section (serve_check: required, best_effort or off; sweep).
+        deployment: The deployment section (machine, accelerator, replicas) for the cost table.
+        service_levels: Latency targets and target load for the cost table.
+        metrics: Requests, executions, p50/p99 latency, max abs diff, sweep headline figures.
+        summary: The verdict, substitutions, sweep table and cost table (Markdown, in the console).
         report: This stage's JSON report.
     """
     from components.package import stage
 
-    stage.run_serve_check(triton_repository, source_model, eval_data, triton, metrics, report)
+    stage.run_serve_check(
+        triton_repository,
+        source_model,
+        eval_data,
+        triton,
+        metrics,
+        report,
+        deployment=deployment,
+        service_levels=service_levels,
+        summary=summary,
+    )

@@ -51,6 +51,7 @@ LAYOUTS: dict[str, Layout] = {
 KIND_FORMATS: dict[str, str] = {
     "onnxruntime_fp32": "onnx",
     "onnxruntime_int8": "onnx",
+    "onnxruntime_int8_dynamic": "onnx",
     "tensorrt_fp32": "plan",
     "tensorrt_fp16": "plan",
     "tensorrt_int8": "plan",

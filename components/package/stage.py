@@ -11,11 +11,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-from components.common.config import DeploymentConfig, ModelConfig, TritonConfig, parse_section
+from components.common.config import (
+    DeploymentConfig,
+    ModelConfig,
+    ServiceLevelConfig,
+    TritonConfig,
+    parse_section,
+)
 from components.common.data import load_dataset
 from components.common.errors import ModelIntakeError, ParityError
 from components.common.signature import ModelSignature
-from components.common.stage import StageReport, log_metrics, timed
+from components.common.stage import StageReport, log_metrics, reports_failure, timed, write_text_atomic
+from components.cost.estimate import CostReport
+from components.cost.measured import local_cpu_description, vertex_accelerator_name
+from components.cost.served import served_cost
 from components.package.manifest import MANIFEST_FILE, verify_manifest
 from components.package.model_config import CONFIG_FILE, config_text
 from components.package.repository import (
@@ -25,7 +34,12 @@ from components.package.repository import (
     package_triton_repository,
     resolve_instance_kind,
 )
-from components.package.serve_check import ServeCheckUnavailable, check_served_repository, reference_outputs
+from components.package.serve_check import (
+    ServeCheckResult,
+    ServeCheckUnavailable,
+    check_served_repository,
+    reference_outputs,
+)
 from components.package.tritonserver import TritonStartError
 from components.package.vertex import vertex_serving_container
 
@@ -76,6 +90,7 @@ def _kind_name(kind: int) -> str:
     return str(mc.ModelInstanceGroup.Kind.Name(kind))
 
 
+@reports_failure("package")
 def run_package(
     selected_model: Any,
     model: dict[str, Any],
@@ -140,6 +155,7 @@ def run_package(
     rep.write(report.path)
 
 
+@reports_failure("serve_check")
 def run_serve_check(
     triton_repository: Any,
     source_model: Any,
@@ -147,19 +163,29 @@ def run_serve_check(
     triton: dict[str, Any],
     metrics: Any,
     report: Any,
+    *,
+    deployment: dict[str, Any] | None = None,
+    service_levels: dict[str, Any] | None = None,
+    summary: Any = None,
 ) -> None:
     """The ``serve_check`` component's body.
 
-    The report says ``skipped`` with the reason when the check cannot run here, ``failed``
-    (and the task fails) when Triton's answers disagree with the reference.
+    ``triton.serve_check`` decides what a check that does not pass does: ``required`` fails the
+    task (so deployment, which runs after it, does not happen) whether the answers disagree or
+    the check cannot run; ``best_effort`` reports it (status ``failed`` or ``skipped``, reason
+    saying deployment goes ahead) and returns; ``off`` skips it.
 
     Raises:
-        ParityError: when the served answers disagree with the reference or requests fail.
+        ParityError: when the served answers disagree with the reference or requests fail (required).
+        ServeCheckUnavailable: when a required check cannot run here.
     """
     triton_cfg = parse_section(TritonConfig, triton, "triton")
     rep = StageReport("serve_check")
-    if not triton_cfg.serve_check:
-        rep.status, rep.reason = "skipped", "triton.serve_check is false"
+    mode = triton_cfg.serve_check
+    if mode == "off":
+        rep.status, rep.reason = "skipped", "triton.serve_check is off: deployment goes ahead unchecked"
+        rep.summary = {"mode": mode, "verdict": "off"}
+        _write_summary(summary, "Serve check: **off** (`triton.serve_check: off`).\n")
         rep.write(report.path)
         return
     with timed(rep):
@@ -183,34 +209,122 @@ def run_serve_check(
                 root, samples, reference, triton=triton_cfg, model=model_name, fp32=precision == "fp32"
             )
         except ServeCheckUnavailable as exc:
-            rep.status, rep.reason = "skipped", f"serve check not run: {exc}"
+            rep.summary = {"mode": mode, "verdict": "not run"}
+            if mode == "required":
+                rep.status = "failed"
+                rep.reason = (
+                    f"serve check required but not run: {exc}; deployment stopped "
+                    "(triton.serve_check: best_effort deploys without it)"
+                )
+                _write_summary(summary, f"Serve check: **failed** — {rep.reason}\n")
+                rep.write(report.path)
+                raise ServeCheckUnavailable(rep.reason) from exc
+            rep.status, rep.reason = "skipped", f"serve check not run: {exc} (best_effort: deploying anyway)"
+            _write_summary(summary, f"Serve check: **skipped** — {rep.reason}\n")
             result = None
         except TritonStartError as exc:
-            rep.status, rep.reason = "failed", str(exc).splitlines()[0]
+            going_ahead = "" if mode == "required" else " (best_effort: deploying anyway)"
+            rep.status, rep.reason = "failed", str(exc).splitlines()[0] + going_ahead
+            rep.summary = {"mode": mode, "verdict": "failed"}
             rep.details = {"server_log_tail": str(exc)}
             rep.write(report.path)
-            raise
+            if mode == "required":
+                raise
+            return
     if result is None:
         rep.write(report.path)
         return
-    rep.summary = result.summary()
+    cost = _served_cost(result, repo_meta, deployment, service_levels)
+    rep.summary = {"mode": mode, **result.summary()}
     rep.details = {
         "substitutions": result.substitutions,
         "errors": result.errors,
         "precision": precision,
         "reason": result.reason,
         "config": (root / MODEL_REPOSITORY_DIR / model_name / CONFIG_FILE).read_text(),
+        **({"sweep": result.sweep.to_dict()} if result.sweep else {}),
+        **({"cost": {**cost.to_dict(), "markdown": cost.to_markdown()}} if cost else {}),
     }
-    figures = {k: v for k, v in result.summary().items() if isinstance(v, (int, float))}
+    figures = {k: v for k, v in rep.summary.items() if isinstance(v, (int, float))}
     log_metrics(metrics, {k: v for k, v in figures.items() if not (isinstance(v, float) and math.isnan(v))})
+    # The run's report shows the cost table once, in its Cost section: its copy leaves it out.
+    rep.details["markdown"] = _markdown(result, mode, None)
+    _write_summary(summary, _markdown(result, mode, cost))
     if not result.passed:
         rep.status, rep.reason = "failed", result.reason
+        if mode == "best_effort":
+            rep.reason += " (best_effort: deploying anyway)"
+            rep.write(report.path)
+            return
         rep.write(report.path)
         raise ParityError(f"serve check of {model_name!r} failed: {result.reason}")
-    rep.reason = (
-        "" if result.batching_observed else "no request was batched with another (executions == requests)"
-    )
+    notes = [result.verdict]
+    if not result.batching_observed:
+        notes.append("no request was batched with another (executions == requests)")
+    rep.reason = "; ".join(notes)
     rep.write(report.path)
+
+
+def _served_cost(
+    result: ServeCheckResult,
+    repo_meta: dict[str, Any],
+    deployment: dict[str, Any] | None,
+    service_levels: dict[str, Any] | None,
+) -> CostReport | None:
+    """The cost table from the sweep (None without a sweep or without the two config sections)."""
+    if result.sweep is None or deployment is None or service_levels is None:
+        return None
+    deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
+    targets = parse_section(ServiceLevelConfig, service_levels, "service_levels")
+    return served_cost(
+        result.sweep.points,
+        kind=str(repo_meta.get("kind", "model")),
+        measured_on=_served_on(result, deploy_cfg),
+        cfg=targets,
+        deployment=deploy_cfg,
+    )
+
+
+def _served_on(result: ServeCheckResult, deployment: DeploymentConfig) -> str:
+    """Where Triton ran the model: the GPU's Vertex name when it kept GPU instances, else this CPU."""
+    on_cpu = any("KIND_GPU instances run as KIND_CPU" in s for s in result.substitutions)
+    if not on_cpu and deployment.accelerator_type:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                gpu = vertex_accelerator_name(torch.cuda.get_device_name(0), deployment.accelerator_type)
+                if gpu:
+                    return gpu
+        except ImportError:
+            pass
+    return local_cpu_description()
+
+
+def _markdown(result: ServeCheckResult, mode: str, cost: CostReport | None) -> str:
+    lines = [
+        f"## Serve check of `{result.model}`: {result.verdict}",
+        "",
+        f"Mode `triton.serve_check: {mode}`; server: {result.server}; {result.reason}.",
+        "",
+        f"Requests sent {result.sent}, counted by Triton's statistics {result.requests}, executions "
+        f"{result.executions}; p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms; max abs diff "
+        f"{result.max_abs_diff:.3g}.",
+        "",
+    ]
+    if result.substitutions:
+        lines += ["Substitutions (local stand-in for the serving image):", ""]
+        lines += [f"- {s}" for s in result.substitutions] + [""]
+    if result.sweep:
+        lines.append(result.sweep.to_markdown())
+    if cost is not None:
+        lines += ["### Cost from served throughput", "", cost.to_markdown(), ""]
+    return "\n".join(lines)
+
+
+def _write_summary(summary: Any, text: str) -> None:
+    if summary is not None:
+        write_text_atomic(summary.path, text)
 
 
 def _precision_of(kind: str) -> str:

@@ -10,6 +10,7 @@ interpreter's site-packages are (the embedded interpreter ignores ``PYTHONPATH``
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import shutil
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.common.errors import InternalError
+from components.common.interrupts import child_processes, signals_raise
 
 PYTHON_PATHS_ENV = "VXDEPLOY_PYTHON_PATHS"
 
@@ -45,11 +47,23 @@ class TritonInstall:
     libraries: Path
     caches: Path
     libpython_dir: Path
+    backends: Path | None = None
+    """A complete backend folder used as is (the serving image's ``/opt/tritonserver/backends``);
+    None: the bundled Python backend, prepared per server by :func:`prepare_backends`."""
 
 
-def find_bundled_triton(package_name: str = "pytriton") -> tuple[TritonInstall | None, str]:
-    """The Triton bundled in ``package_name`` (nvidia-pytriton's), or None and why it cannot run here."""
-    spec = importlib.util.find_spec(package_name)
+def find_bundled_triton(
+    package_name: str = "pytriton", search_path: Sequence[str] | None = None
+) -> tuple[TritonInstall | None, str]:
+    """The Triton bundled in ``package_name`` (nvidia-pytriton's), or None and why it cannot run here.
+
+    ``search_path``: folders to find the package in instead of this interpreter's ``sys.path``
+    (a ``pip install --target`` folder outside the environment).
+    """
+    if search_path is None:
+        spec = importlib.util.find_spec(package_name)
+    else:
+        spec = importlib.machinery.PathFinder.find_spec(package_name, list(search_path))
     if spec is None or not spec.submodule_search_locations:
         return (
             None,
@@ -154,7 +168,7 @@ def running_triton(
     owned = workdir is None
     work = Path(tempfile.mkdtemp(prefix="vxdeploy-triton-")) if workdir is None else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    backends = prepare_backends(install, work / "backends")
+    backends = install.backends or prepare_backends(install, work / "backends")
     log_path = work / "tritonserver.log"
     http_port, grpc_port = free_port(), free_port()
     args = [
@@ -184,14 +198,39 @@ def running_triton(
         log_path=log_path,
         pid=process.pid,
     )
+    regions: list[str] = []
     try:
-        _wait_ready(process, server, startup_timeout_s)
-        yield server
+        # SIGTERM unwinds to the finally below (server group ended, temp folder removed) instead of
+        # ending this process with the server and its stubs still running.
+        with signals_raise((signal.SIGTERM,), only_default=True):
+            _wait_ready(process, server, startup_timeout_s)
+            regions = _shared_memory_regions(process.pid)
+            yield server
     finally:
+        # Stopped while starting (or killed) a server leaves its stubs' shared memory behind: note
+        # the regions its stubs use before they go, and remove what is left after.
+        regions += _shared_memory_regions(process.pid)
         _stop(process)
         log.close()
+        for region in set(regions):
+            Path("/dev/shm", region).unlink(missing_ok=True)
         if owned:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _shared_memory_regions(server_pid: int) -> list[str]:
+    """The ``/dev/shm`` regions the server's Python stubs use (named on each stub's command line)."""
+    regions: list[str] = []
+    for pid in child_processes(server_pid):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        regions += [a.decode() for a in args if a.startswith(_SHM_PREFIX) and b"/" not in a]
+    return regions
+
+
+_SHM_PREFIX = b"triton_python_backend_shm_region_"
 
 
 def _wait_ready(process: subprocess.Popen[bytes], server: RunningTriton, timeout_s: float) -> None:
@@ -217,11 +256,13 @@ def _wait_ready(process: subprocess.Popen[bytes], server: RunningTriton, timeout
     raise TritonStartError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes], grace_s: float = 1.0) -> None:
+    # Short: the check is over (or interrupted) and nothing depends on a graceful exit; a long
+    # wait would outlast the grace the CLI gives an interrupted task before it kills it.
     if process.poll() is None:
         _signal_group(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout=15)

@@ -17,27 +17,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.common import images
 from components.common.config import TritonConfig
-from components.common.images import SERVING_IMAGE
 from components.package.repository import TritonRepository
 
-VERTEX_TRITON_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/tritonserver:24.09-py3"
-"""Vertex AI's prebuilt Triton image: runs ONNX Runtime models; has no torch for AOT Inductor."""
 TRITON_COMMAND = "tritonserver"
 SERVING_PORT = 8000
 HEALTH_ROUTE = "/v2/health/ready"
 
 
-def serving_image(repository: TritonRepository, triton: TritonConfig) -> str:
-    """``triton.serving_image``, or the image that can run every model of the repository.
+def default_serving_image(triton: TritonConfig | None = None) -> str:
+    """``triton.serving_image``, or the project's serving image in the configured registry.
 
-    TensorRT engines only deserialize under the TensorRT that built them and AOT Inductor
-    packages need torch, so those go to the project's serving image (Triton with torch and
-    the optimizer's TensorRT, ``images.TENSORRT_VERSION``); ONNX-only repositories to Vertex's prebuilt one.
+    Vertex AI has no prebuilt Triton image: every repository is served from an image the user
+    owns. The project's serving image (NGC Triton with torch for AOT Inductor and the
+    optimizer's TensorRT, ``images.TENSORRT_VERSION``) runs every model kind vxdeploy packages;
+    ``make images`` builds it and pushes it to the registry the pipeline is compiled for.
     """
-    if triton.serving_image:
+    if triton is not None and triton.serving_image:
         return triton.serving_image
-    return SERVING_IMAGE if repository.needs_project_image else VERTEX_TRITON_IMAGE
+    return images.serving_image()
+
+
+def serving_image(repository: TritonRepository, triton: TritonConfig) -> str:
+    """The image that serves ``repository``: the same for every model kind (:func:`default_serving_image`)."""
+    del repository  # one image runs ONNX Runtime models, TensorRT engines and AOT Inductor packages
+    return default_serving_image(triton)
 
 
 def predict_route(model_name: str) -> str:

@@ -1,8 +1,8 @@
 """The benchmark harness: every candidate measured the same way against the FP32 reference.
 
-Accuracy: every evaluation sample through the candidate and through the FP32 reference; per
-output the largest absolute difference and the per-sample cosine; for classifiers top-1
-agreement and, with labels, task accuracy. Latency: at each batch size, after warm-up, timed
+Accuracy: every evaluation sample through the candidate and through the FP32 reference, each
+output judged by its task's metric through the one accuracy gate (:mod:`components.verify.accuracy`).
+Latency: at each batch size, after warm-up, timed
 call by call until both ``min_iterations`` and ``min_seconds`` are reached; percentiles,
 throughput (at the median latency) and the spread (interquartile range, coefficient of variation)
 are reported.
@@ -11,12 +11,13 @@ are reported.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -25,7 +26,9 @@ from components.common.data import Dataset
 from components.common.errors import CandidateUnavailable
 from components.common.signature import ModelSignature
 from components.compile.candidates import Candidate, CandidateManifest
-from components.select.runners import Runner, load_candidate_runner
+from components.select.runners import load_candidate_runner
+from components.verify.accuracy import AccuracyResult, measure_accuracy, output_metrics, targets_for
+from components.verify.runners import Runner, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +59,18 @@ class LatencyFigures:
     throughput_mean: float
     iqr_pct: float
     cv_pct: float
+    round_ms: list[float] = field(default_factory=list)
+    """Median per-call latency in each interleaved round (empty when timed alone)."""
 
     def percentile(self, which: str) -> float:
         """``p50``, ``p90``, ``p95`` or ``p99`` in milliseconds."""
         return float(getattr(self, f"{which}_ms"))
 
 
-def latency_figures(batch_size: int, times_s: Sequence[float]) -> LatencyFigures:
-    """Summarize per-call wall times (seconds) of ``batch_size``-sample calls."""
+def latency_figures(
+    batch_size: int, times_s: Sequence[float], round_s: Sequence[float] = ()
+) -> LatencyFigures:
+    """Summarize per-call wall times (seconds) of ``batch_size``-sample calls (and per-round medians)."""
     t = np.asarray(times_s, dtype=np.float64) * 1e3
     if t.size == 0:
         raise ValueError("no timings to summarize")
@@ -86,6 +93,7 @@ def latency_figures(batch_size: int, times_s: Sequence[float]) -> LatencyFigures
         throughput_mean=batch_size / (mean / 1e3) if mean > 0 else float("inf"),
         iqr_pct=100.0 * (p75 - p25) / p50 if p50 > 0 else 0.0,
         cv_pct=100.0 * std / mean if mean > 0 else 0.0,
+        round_ms=[round(1e3 * float(r), 6) for r in round_s],
     )
 
 
@@ -117,23 +125,151 @@ def measure_latency(
     return latency_figures(batch, times)
 
 
-@dataclass
-class OutputComparison:
-    """One output of a candidate against the reference."""
+SpeedupVerdict = Literal["faster", "slower", "not distinguishable"]
 
-    name: str
-    max_abs_diff: float
-    cosine_mean: float
-    cosine_min: float
+
+@dataclass
+class SpeedupFigures:
+    """How much faster one runner is than another at one batch size, from interleaved rounds.
+
+    Each round times both runners back to back, so a change in the machine's load moves both;
+    ``ratio`` is the median over rounds of (other's time / this runner's time), ``ratio_p25`` /
+    ``ratio_p75`` its interquartile range. The verdict claims a difference only when that range
+    excludes 1; otherwise the two are ``not distinguishable`` on this machine at this load.
+    """
+
+    batch_size: int
+    ratio: float
+    ratio_p25: float
+    ratio_p75: float
+    rounds: int
+    verdict: SpeedupVerdict
+
+    def describe(self, versus: str = "the reference") -> str:
+        spread = f"{self.ratio_p25:.2f}-{self.ratio_p75:.2f}"
+        if self.verdict == "not distinguishable":
+            return f"not distinguishable from {versus} ({self.ratio:.2f}x, IQR {spread} spans 1)"
+        return f"{self.ratio:.2f}x {versus} (IQR {spread}, {self.rounds} rounds)"
+
+
+def compare_latency(runner: LatencyFigures, other: LatencyFigures) -> SpeedupFigures:
+    """``runner``'s speed relative to ``other`` (> 1: faster), paired round by round where interleaved.
+
+    Runners timed in the same rounds are compared round by round; otherwise (different batch
+    sizes, or timed apart) the ratio of medians is judged by whether the two interquartile
+    ranges of per-call latency overlap.
+    """
+    if (
+        runner.round_ms
+        and len(runner.round_ms) == len(other.round_ms)
+        and runner.batch_size == other.batch_size
+    ):
+        mine = np.asarray(runner.round_ms)
+        theirs = np.asarray(other.round_ms)
+        ratios = theirs / np.where(mine > 0, mine, np.inf)
+        p25, p50, p75 = (float(v) for v in np.percentile(ratios, [25, 50, 75]))
+        rounds = len(ratios)
+    else:
+        # Throughput ratio (batch sizes may differ); the IQR ends give the range of the ratio.
+        def q(f: LatencyFigures, pct: float) -> float:
+            width = f.iqr_pct / 200.0 * f.p50_ms
+            return f.batch_size / max(f.p50_ms + (width if pct > 50 else -width), 1e-12)
+
+        p50 = (runner.batch_size / runner.p50_ms) / (other.batch_size / other.p50_ms)
+        p25 = q(runner, 75) / q(other, 25)
+        p75 = q(runner, 25) / q(other, 75)
+        rounds = 0
+    verdict: SpeedupVerdict = "faster" if p25 > 1.0 else "slower" if p75 < 1.0 else "not distinguishable"
+    return SpeedupFigures(runner.batch_size, p50, p25, p75, rounds, verdict)
+
+
+def time_interleaved(
+    entries: Sequence[tuple[CandidateFigures, Runner]],
+    dataset: Dataset,
+    batch_sizes: Sequence[int],
+    cfg: SelectionConfig,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    max_rounds_factor: int = 3,
+    settle_s: float = 0.02,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Time every runner at every batch size in interleaved rounds; fill ``latency`` and ``speedup``.
+
+    At each batch size, after warm-up, each round runs every runner in turn (the order rotates
+    from round to round) for about ``min_seconds / min_iterations`` seconds each, so slow and
+    fast runners share the same minutes of the machine. Rounds continue until there are
+    ``min_iterations`` of them and every runner has run ``min_seconds`` (at most
+    ``max_rounds_factor`` times ``min_iterations`` rounds). The reference's figures (the entry
+    marked ``reference``) then give each other runner its :class:`SpeedupFigures`.
+
+    Before each runner's turn the process sleeps ``settle_s``: runtimes in one process share the
+    cores, and a thread pool that is still spinning after its own turn (ONNX Runtime's and
+    OpenMP's spin before they park) slows the next runner's synchronisation points, which
+    penalises small-batch PyTorch eager most.
+    """
+    for b in batch_sizes:
+        active = []
+        for fig, runner in entries:
+            if runner.max_batch is not None and b > runner.max_batch:
+                fig.not_measured[b] = (
+                    f"batch {b} is above the engine's optimization profile (max {runner.max_batch})"
+                )
+            else:
+                active.append((fig, runner))
+        if not active:
+            continue
+        feeds = batch_feeds(dataset, b)
+        reps: dict[str, int] = {}
+        per_round = cfg.min_seconds / cfg.min_iterations
+        for fig, runner in active:
+            for _ in range(cfg.warmup_iterations):
+                runner.run(feeds)
+            start = clock()
+            runner.run(feeds)
+            # 5 % over the share, so that min_iterations rounds also reach min_seconds.
+            reps[fig.name] = int(min(1000, max(1, math.ceil(1.05 * per_round / max(clock() - start, 1e-9)))))
+        calls: dict[str, list[float]] = {fig.name: [] for fig, _ in active}
+        rounds: dict[str, list[float]] = {fig.name: [] for fig, _ in active}
+        r = 0
+        while True:
+            shift = r % len(active)
+            for fig, runner in active[shift:] + active[:shift]:
+                sleep(settle_s)
+                times = []
+                for _ in range(reps[fig.name]):
+                    start = clock()
+                    runner.run(feeds)
+                    times.append(clock() - start)
+                calls[fig.name].extend(times)
+                rounds[fig.name].append(float(np.median(times)))
+            r += 1
+            enough = all(sum(t) >= cfg.min_seconds for t in calls.values())
+            if (r >= cfg.min_iterations and enough) or r >= max_rounds_factor * cfg.min_iterations:
+                break
+        for fig, _ in active:
+            fig.latency[b] = latency_figures(b, calls[fig.name], rounds[fig.name])
+    reference = next((fig for fig, _ in entries if fig.reference), None)
+    if reference is None:
+        return
+    for fig, _ in entries:
+        if fig.reference:
+            continue
+        for b, lat in fig.latency.items():
+            if b in reference.latency:
+                fig.speedup[b] = compare_latency(lat, reference.latency[b])
 
 
 @dataclass
 class AccuracyFigures:
-    """A candidate's outputs against the FP32 reference on the evaluation samples.
+    """A candidate's outputs against the FP32 reference on the evaluation samples, per output.
 
-    ``drop_points`` is what the accuracy budget limits: the fall in task accuracy (with labels)
-    or in top-1 agreement with the reference (without), in percentage points; None when the
-    model is not a classifier (then only the cosine gate applies).
+    Judged by :func:`components.verify.accuracy.measure_accuracy`, the same gate as INT8
+    calibration's: each output by its own task and metric (``outputs``). ``drop_points`` is the
+    worst drop over the drop-judged outputs (``drop_basis`` names its metric) and ``cosine_mean``
+    the worst mean per-row cosine over the cosine-gated ones; ``within_budget`` and ``reason`` are
+    the verdict. ``top1_agreement`` / ``task_accuracy`` / ``reference_accuracy`` (fractions) are
+    the first classification output's, for the tables.
     """
 
     samples: int
@@ -145,67 +281,64 @@ class AccuracyFigures:
     reference_accuracy: float | None
     drop_points: float | None
     drop_basis: str
-    outputs: list[OutputComparison] = field(default_factory=list)
+    within_budget: bool = True
+    reason: str = ""
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    def judged_by(self) -> str:
+        """Each output's metric and figure, e.g. ``logits: top1_accuracy 91.2 (FP32 91.4)``."""
+        parts = []
+        for o in self.outputs:
+            value = o.get("candidate_value")
+            fp32 = o.get("fp32_value")
+            text = f"{o['name']}: {o['metric']}"
+            if value is not None:
+                text += f" {value:.4g}" + (f" (FP32 {fp32:.4g})" if fp32 is not None else "")
+            if o.get("drop_points") is not None:
+                text += f", drop {o['drop_points']:.3g} pts"
+            parts.append(text)
+        return "; ".join(parts)
 
 
-def _row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a2 = a.reshape(len(a), -1).astype(np.float64)
-    b2 = b.reshape(len(b), -1).astype(np.float64)
-    na = np.linalg.norm(a2, axis=1)
-    nb = np.linalg.norm(b2, axis=1)
-    dot = (a2 * b2).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = dot / (na * nb)
-    # Two zero vectors agree perfectly; one zero vector against a non-zero one not at all.
-    cos = np.where((na == 0) & (nb == 0), 1.0, cos)
-    return np.asarray(np.nan_to_num(np.clip(cos, -1.0, 1.0), nan=0.0))
+def accuracy_figures(result: AccuracyResult) -> AccuracyFigures:
+    """The selection's view of one accuracy verdict."""
+    cls = result.first("classification")
+    agreement = cls.figures.get("top1_agreement_%") if cls is not None else None
+    task = cls.figures.get("top1_accuracy_%") if cls is not None else None
+    ref_task = cls.figures.get("fp32_top1_accuracy_%") if cls is not None else None
+    return AccuracyFigures(
+        samples=result.samples,
+        max_abs_diff=result.max_abs_diff,
+        cosine_mean=result.min_cosine,
+        cosine_min=min((c.cosine_min for c in result.comparisons), default=1.0),
+        top1_agreement=None if agreement is None else agreement / 100.0,
+        task_accuracy=None if task is None else task / 100.0,
+        reference_accuracy=None if ref_task is None else ref_task / 100.0,
+        drop_points=result.drop_points,
+        drop_basis=result.drop_basis,
+        within_budget=result.within_budget,
+        reason=result.reason,
+        outputs=[asdict(o) for o in result.outputs],
+    )
 
 
 def compare_with_reference(
-    reference: Sequence[np.ndarray],
-    candidate: Sequence[np.ndarray],
-    output_names: Sequence[str],
-    labels: np.ndarray | None = None,
+    reference: Mapping[str, np.ndarray],
+    candidate: Mapping[str, np.ndarray],
+    signature: ModelSignature,
+    cfg: SelectionConfig,
+    targets: Mapping[str, np.ndarray] | None = None,
 ) -> AccuracyFigures:
-    """Compare a candidate's outputs with the reference's, output by output (first axis = samples)."""
-    comparisons = []
-    for name, ref, got in zip(output_names, reference, candidate, strict=True):
-        if ref.shape != got.shape:
-            raise ValueError(f"output {name!r}: candidate shape {got.shape} != reference shape {ref.shape}")
-        cos = _row_cosines(ref, got)
-        diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-        comparisons.append(
-            OutputComparison(
-                name, float(diff.max()) if diff.size else 0.0, float(cos.mean()), float(cos.min())
-            )
-        )
-    ref0, got0 = reference[0], candidate[0]
-    classifier = ref0.ndim == 2 and ref0.shape[1] > 1
-    agreement = task = ref_task = drop = None
-    basis = "none"
-    if classifier:
-        ref_top1 = ref0.argmax(axis=1)
-        got_top1 = got0.argmax(axis=1)
-        agreement = float((ref_top1 == got_top1).mean())
-        basis = "top1_agreement"
-        drop = 100.0 * (1.0 - agreement)
-        if labels is not None:
-            task = float((got_top1 == labels).mean())
-            ref_task = float((ref_top1 == labels).mean())
-            drop = 100.0 * (ref_task - task)
-            basis = "task_accuracy"
-    return AccuracyFigures(
-        samples=int(len(ref0)),
-        max_abs_diff=max(c.max_abs_diff for c in comparisons),
-        cosine_mean=min(c.cosine_mean for c in comparisons),
-        cosine_min=min(c.cosine_min for c in comparisons),
-        top1_agreement=agreement,
-        task_accuracy=task,
-        reference_accuracy=ref_task,
-        drop_points=drop,
-        drop_basis=basis,
-        outputs=comparisons,
+    """Judge a candidate's outputs against the reference's, output by output (first axis = samples)."""
+    result = measure_accuracy(
+        reference,
+        candidate,
+        metrics=output_metrics(signature),
+        targets=targets,
+        accuracy_budget=cfg.accuracy_budget,
+        min_cosine=cfg.min_cosine,
     )
+    return accuracy_figures(result)
 
 
 @dataclass
@@ -223,6 +356,8 @@ class CandidateFigures:
     rejected_reason: str = ""
     reference: bool = False
     candidate: dict[str, Any] = field(default_factory=dict)
+    speedup: dict[int, SpeedupFigures] = field(default_factory=dict)
+    """Throughput relative to the reference per batch size, from the same interleaved rounds."""
 
     @property
     def measured(self) -> bool:
@@ -239,6 +374,7 @@ class CandidateFigures:
         d = asdict(self)
         d["latency"] = {str(b): asdict(v) for b, v in sorted(self.latency.items())}
         d["not_measured"] = {str(b): r for b, r in sorted(self.not_measured.items())}
+        d["speedup"] = {str(b): asdict(v) for b, v in sorted(self.speedup.items())}
         return d
 
 
@@ -258,42 +394,48 @@ def batch_feeds(dataset: Dataset, batch_size: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[idx]) for k, v in dataset.inputs.items()}
 
 
-def run_all(runner: Runner, dataset: Dataset, batch_size: int, fixed_batch: bool = False) -> list[np.ndarray]:
+def run_all(
+    runner: Runner, dataset: Dataset, batch_size: int, fixed_batch: bool = False
+) -> dict[str, np.ndarray]:
     """Every sample of ``dataset`` through ``runner`` in batches; outputs concatenated per output.
 
     With ``fixed_batch`` (a model without a dynamic batch) the last short batch is dropped.
     """
-    chunks: list[list[np.ndarray]] = []
-    for feeds in dataset.batches(batch_size):
-        if fixed_batch and len(next(iter(feeds.values()))) != batch_size:
-            break
-        chunks.append(runner.run(feeds))
-    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+    return run_batches(runner, dataset.inputs, (batch_size,), fixed_batch=fixed_batch)
 
 
 def measure_runner(
     figures: CandidateFigures,
     runner: Runner,
     dataset: Dataset,
-    reference_outputs: Sequence[np.ndarray],
+    reference_outputs: Mapping[str, np.ndarray],
     signature: ModelSignature,
     batch_sizes: Sequence[int],
     cfg: SelectionConfig,
+    *,
+    timed: bool = True,
 ) -> CandidateFigures:
-    """Fill ``figures`` with ``runner``'s accuracy against ``reference_outputs`` and its latency."""
+    """Fill ``figures`` with ``runner``'s accuracy against ``reference_outputs`` and its latency.
+
+    With ``timed`` False only the accuracy is measured (:func:`time_interleaved` times the
+    runners together afterwards).
+    """
     fixed = not all(spec.batched for spec in signature.inputs)
     eval_batch = max(batch_sizes)
     if runner.max_batch is not None:
         eval_batch = min(eval_batch, runner.max_batch)
     outputs = run_all(runner, dataset, eval_batch, fixed_batch=fixed)
-    n = len(outputs[0])
+    n = len(next(iter(outputs.values())))
+    metrics = output_metrics(signature)
+    targets = targets_for(metrics, dataset.targets, dataset.labels)
     figures.accuracy = compare_with_reference(
-        [r[:n] for r in reference_outputs],
+        {k: v[:n] for k, v in reference_outputs.items()},
         outputs,
-        signature.output_names,
-        None if dataset.labels is None else dataset.labels[:n],
+        signature,
+        cfg,
+        {k: v[:n] for k, v in targets.items()},
     )
-    for b in batch_sizes:
+    for b in batch_sizes if timed else ():
         if runner.max_batch is not None and b > runner.max_batch:
             figures.not_measured[b] = (
                 f"batch {b} is above the engine's optimization profile (max {runner.max_batch})"
@@ -360,42 +502,61 @@ def benchmark_candidates(
     fixed = not all(spec.batched for spec in signature.inputs)
     reference_outputs = run_all(reference, samples, max(batch_sizes), fixed_batch=fixed)
     results: list[CandidateFigures] = []
-    if cfg.measure_reference:
-        ref_fig = CandidateFigures(
-            reference.name,
-            "reference",
-            "fp32",
-            "pytorch" if "pytorch" in reference.name else "onnxruntime",
-            reference.device,
-            reference=True,
-        )
-        results.append(
-            measure_runner(ref_fig, reference, samples, reference_outputs, signature, batch_sizes, cfg)
-        )
-    for fig, runner in extra_runners:
-        results.append(
-            _measure_safely(
-                fig, partial(_given, runner), samples, reference_outputs, signature, batch_sizes, cfg
+    opened: list[tuple[CandidateFigures, Runner]] = []
+    try:
+        if cfg.measure_reference:
+            ref_fig = CandidateFigures(
+                reference.name,
+                "reference",
+                "fp32",
+                "pytorch" if "pytorch" in reference.name else "onnxruntime",
+                reference.device,
+                reference=True,
             )
-        )
-    for cand in manifest.candidates:
-        fig = _figures_of(cand)
-        if not cand.built:
-            fig.rejected_reason = f"not built ({cand.status}): {cand.reason}"
-            results.append(fig)
-            continue
-        results.append(
-            _measure_safely(
-                fig,
-                partial(load_candidate_runner, cand, candidates_dir, signature),
-                samples,
-                reference_outputs,
-                signature,
-                batch_sizes,
-                cfg,
+            results.append(
+                measure_runner(
+                    ref_fig, reference, samples, reference_outputs, signature, batch_sizes, cfg, timed=False
+                )
             )
-        )
-    return BenchmarkResult(results, reference.name, len(reference_outputs[0]), batch_sizes)
+            opened.append((ref_fig, reference))
+        for fig, runner in extra_runners:
+            results.append(
+                _measure_safely(
+                    fig,
+                    partial(_given, runner),
+                    samples,
+                    reference_outputs,
+                    signature,
+                    batch_sizes,
+                    cfg,
+                    opened,
+                )
+            )
+        for cand in manifest.candidates:
+            fig = _figures_of(cand)
+            if not cand.built:
+                fig.rejected_reason = f"not built ({cand.status}): {cand.reason}"
+                results.append(fig)
+                continue
+            results.append(
+                _measure_safely(
+                    fig,
+                    partial(load_candidate_runner, cand, candidates_dir, signature),
+                    samples,
+                    reference_outputs,
+                    signature,
+                    batch_sizes,
+                    cfg,
+                    opened,
+                )
+            )
+        # Timed together, round by round, so that the machine's load falls on every runner alike.
+        time_interleaved(opened, samples, batch_sizes, cfg)
+    finally:
+        for _fig, runner in opened:
+            if runner is not reference:
+                runner.close()
+    return BenchmarkResult(results, reference.name, len(next(iter(reference_outputs.values()))), batch_sizes)
 
 
 def _given(runner: Runner) -> Runner:
@@ -417,22 +578,27 @@ def _measure_safely(
     fig: CandidateFigures,
     open_runner: Callable[[], Runner],
     samples: Dataset,
-    reference_outputs: Sequence[np.ndarray],
+    reference_outputs: Mapping[str, np.ndarray],
     signature: ModelSignature,
     batch_sizes: Sequence[int],
     cfg: SelectionConfig,
+    opened: list[tuple[CandidateFigures, Runner]],
 ) -> CandidateFigures:
-    """Measure one runner; a runner that cannot open or breaks while running is rejected, not fatal."""
+    """Open one runner and measure its accuracy; a runner that cannot open or breaks is rejected, not fatal.
+
+    A runner that works is appended to ``opened`` (still open) for the interleaved timing.
+    """
     try:
         runner = open_runner()
     except CandidateUnavailable as exc:
         fig.rejected_reason = f"cannot run on this machine: {exc}"
         return fig
     try:
-        return measure_runner(fig, runner, samples, reference_outputs, signature, batch_sizes, cfg)
+        measure_runner(fig, runner, samples, reference_outputs, signature, batch_sizes, cfg, timed=False)
     except Exception as exc:  # a candidate that crashes loses, the others are still measured
         log.exception("measuring %s failed", fig.name)
         fig.rejected_reason = f"failed while measuring: {type(exc).__name__}: {exc}"
-        return fig
-    finally:
         runner.close()
+        return fig
+    opened.append((fig, runner))
+    return fig

@@ -7,6 +7,13 @@ Policies (``selection.policy``):
 - ``max_throughput_within_latency_budget``: the highest throughput at any batch size whose
   ``latency_percentile`` latency stays within ``selection.latency_budget_ms``.
 
+Speed differences are judged against their spread: candidates are timed in interleaved rounds
+(:func:`components.select.benchmark.time_interleaved`), and a candidate whose figure is not
+distinguishable from the best one's (the interquartile range of their round-by-round ratio spans 1)
+ties with it; among tied candidates the more accurate wins, then the simpler
+(:data:`SIMPLICITY`). A reference whose own spread is over ``selection.spread_warning_pct`` is
+warned about: ratios to it are then rough.
+
 Every policy works only on candidates within the accuracy budget (``accuracy_budget`` points of
 drop and ``min_cosine``). More gates (service levels, cost) plug in through ``extra_gates``: each
 takes a candidate's figures and returns a rejection reason or None.
@@ -14,13 +21,27 @@ takes a candidate's figures and returns a rejection reason or None.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from components.common.config import SelectionConfig
 from components.common.errors import AccuracyBudgetError, ServiceLevelError, VxdeployError
-from components.select.benchmark import CandidateFigures
+from components.select.benchmark import CandidateFigures, SpeedupFigures, compare_latency
+
+SIMPLICITY = (
+    "onnxruntime_fp32",
+    "aoti",
+    "tensorrt_fp32",
+    "tensorrt_fp16",
+    "onnxruntime_int8_dynamic",
+    "onnxruntime_int8",
+    "tensorrt_int8",
+)
+"""Candidate kinds from simplest to serve and reason about (FP32, one runtime) to least simple."""
+
+log = logging.getLogger(__name__)
 
 Gate = Callable[[CandidateFigures], str | None]
 """A selection gate: the reason to reject a candidate, or None to let it through."""
@@ -47,6 +68,10 @@ class SelectionDecision:
     ranking: list[Score] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     failure: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """Measurement caveats (a noisy reference) the terminal and the report show."""
+    tied_with: list[str] = field(default_factory=list)
+    """Candidates whose figure was not distinguishable from the fastest one's."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +80,8 @@ class SelectionDecision:
             "reason": self.reason,
             "ranking": [s.__dict__ for s in self.ranking],
             "rejected": self.rejected,
+            "warnings": self.warnings,
+            "tied_with": self.tied_with,
         }
 
     def error(self) -> VxdeployError | None:
@@ -67,18 +94,25 @@ class SelectionDecision:
 
 
 def accuracy_gate(cfg: SelectionConfig) -> Gate:
-    """Reject candidates over the accuracy budget or under the minimum cosine to the reference."""
+    """Reject candidates the one accuracy gate (:mod:`components.verify.accuracy`) judged over budget.
+
+    The verdict was reached per output, each by its own metric, against ``selection.accuracy_budget``
+    and ``selection.min_cosine``; its reason names the output and the metric.
+    """
 
     def gate(f: CandidateFigures) -> str | None:
         acc = f.accuracy
         if acc is None:
             return "no accuracy figures"
+        if not acc.within_budget:
+            limits = f"selection.accuracy_budget {cfg.accuracy_budget}, min_cosine {cfg.min_cosine}"
+            return f"{acc.reason} ({limits})"
+        # Figures judged elsewhere (or by hand) are held to the same limits.
         if acc.cosine_mean < cfg.min_cosine:
             return f"cosine {acc.cosine_mean:.4f} to FP32 is below selection.min_cosine {cfg.min_cosine}"
         if acc.drop_points is not None and acc.drop_points > cfg.accuracy_budget:
-            what = "task accuracy" if acc.drop_basis == "task_accuracy" else "top-1 agreement with FP32"
             return (
-                f"{what} drops {acc.drop_points:.2f} points, over selection.accuracy_budget "
+                f"{acc.drop_basis} drops {acc.drop_points:.2f} points, over selection.accuracy_budget "
                 f"{cfg.accuracy_budget} points"
             )
         return None
@@ -167,41 +201,104 @@ def select_candidate(
             rejected=rejected,
             failure="latency" if latency_bound else "accuracy",
         )
-    best = scores[0]
+    fastest = scores[0]
+    by_name = {f.name: f for f in figures}
+    tied = [
+        sc
+        for sc in scores[1:]
+        if _versus(by_name[sc.name], sc, by_name[fastest.name], fastest).verdict == "not distinguishable"
+    ]
+    # Inside the spread, speed does not decide: the more accurate, then the simpler.
+    pool = [fastest, *tied]
+    best = min(
+        pool, key=lambda sc: (*_accuracy_key(by_name[sc.name]), _simplicity(by_name[sc.name]), pool.index(sc))
+    )
+    ranking = [best, *[sc for sc in scores if sc is not best]]
+    warnings = spread_warnings(figures, cfg)
+    for warning in warnings:  # the terminal shows these as they happen; the report carries them too
+        log.warning("%s", warning)
     return SelectionDecision(
         policy=cfg.policy,
         selected=best.name,
-        reason=_explain(best, scores, figures, cfg),
-        ranking=scores,
+        reason=_explain(best, ranking, figures, cfg, fastest, tied),
+        ranking=ranking,
         rejected=rejected,
+        warnings=warnings,
+        tied_with=[sc.name for sc in pool if sc is not best],
     )
 
 
+def _versus(f: CandidateFigures, score: Score, other: CandidateFigures, other_score: Score) -> SpeedupFigures:
+    """``f``'s standing against ``other`` at the batch sizes their scores were taken at."""
+    return compare_latency(f.latency[score.batch_size], other.latency[other_score.batch_size])
+
+
+def _accuracy_key(f: CandidateFigures) -> tuple[float, float]:
+    """Smaller is more accurate: the drop (points, 2 decimals), then the cosine (4 decimals, negated)."""
+    acc = f.accuracy
+    if acc is None:
+        return (float("inf"), 0.0)
+    drop = round(acc.drop_points, 2) if acc.drop_points is not None else 0.0
+    return (max(drop, 0.0), -round(acc.cosine_mean, 4))
+
+
+def _simplicity(f: CandidateFigures) -> int:
+    return SIMPLICITY.index(f.kind) if f.kind in SIMPLICITY else len(SIMPLICITY)
+
+
+def spread_warnings(figures: Sequence[CandidateFigures], cfg: SelectionConfig) -> list[str]:
+    """Warnings for a reference whose latency spread makes ratios to it rough."""
+    out = []
+    for f in figures:
+        if not f.reference:
+            continue
+        noisy = {
+            b: lat.iqr_pct for b, lat in sorted(f.latency.items()) if lat.iqr_pct > cfg.spread_warning_pct
+        }
+        if noisy:
+            listed = ", ".join(f"{v:.0f}% at batch {b}" for b, v in noisy.items())
+            out.append(
+                f"the reference {f.name}'s latency spread (IQR/median) is {listed}, over "
+                f"selection.spread_warning_pct {cfg.spread_warning_pct:g}%: the machine was busy; "
+                "speed-ups are rough (rerun on a quieter machine or with more selection.min_iterations)"
+            )
+    return out
+
+
 def _explain(
-    best: Score, scores: Sequence[Score], figures: Sequence[CandidateFigures], cfg: SelectionConfig
+    best: Score,
+    scores: Sequence[Score],
+    figures: Sequence[CandidateFigures],
+    cfg: SelectionConfig,
+    fastest: Score | None = None,
+    tied: Sequence[Score] = (),
 ) -> str:
     unit = "ms" if "latency" in best.metric else "samples/s"
     metric = best.metric.split(" (")[0]
     text = (
         f"{best.name} selected by {cfg.policy}: {metric} {best.value:.4g} {unit} at batch {best.batch_size}"
     )
+    chosen = next(f for f in figures if f.name == best.name)
     ref = next((f for f in figures if f.reference and best.batch_size in f.latency), None)
     if ref is not None:
-        ref_lat = ref.latency[best.batch_size]
-        if unit == "ms":
-            speedup = ref_lat.percentile(cfg.latency_percentile) / best.value
-        else:
-            speedup = best.value / ref_lat.throughput
-        text += f" ({speedup:.2f}x {ref.name})"
-    chosen = next(f for f in figures if f.name == best.name)
+        versus = chosen.speedup.get(best.batch_size) or compare_latency(
+            chosen.latency[best.batch_size], ref.latency[best.batch_size]
+        )
+        text += f" ({versus.describe(ref.name)})"
     if chosen.accuracy is not None:
         acc = chosen.accuracy
         drop = f"drop {acc.drop_points:.2f} points, " if acc.drop_points is not None else ""
         text += f"; within the accuracy budget ({drop}cosine {acc.cosine_mean:.4f})"
-    if len(scores) > 1:
-        runner_up = scores[1]
-        text += f"; next {runner_up.name} at {runner_up.value:.4g} {unit}"
-        gap_pct = abs(best.value - runner_up.value) / max(abs(runner_up.value), 1e-12) * 100
-        if gap_pct < max(best.spread_pct, runner_up.spread_pct):
-            text += f" (within measurement spread: {gap_pct:.1f}% apart)"
+    if fastest is not None and fastest is not best:
+        text += (
+            f"; {fastest.name} measured {fastest.value:.4g} {unit} but is not distinguishable from it "
+            "within the measurement spread, so the more accurate, then the simpler, was preferred"
+        )
+    elif tied:
+        names = ", ".join(t.name for t in tied)
+        text += f"; {names} not distinguishable from it within the spread (it is as accurate or simpler)"
+    others = [sc for sc in scores if sc is not best and sc is not fastest and sc not in tied]
+    if others:
+        nxt = others[0]
+        text += f"; next {nxt.name} at {nxt.value:.4g} {unit}"
     return text

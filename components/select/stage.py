@@ -10,7 +10,14 @@ from typing import Any
 from components.common.config import DeploymentConfig, SelectionConfig, ServiceLevelConfig, parse_section
 from components.common.data import load_dataset
 from components.common.errors import ServiceLevelError
-from components.common.stage import StageReport, log_metrics, timed, write_json, write_text_atomic
+from components.common.stage import (
+    StageReport,
+    log_metrics,
+    reports_failure,
+    timed,
+    write_json,
+    write_text_atomic,
+)
 from components.compile.candidates import Candidate, copy_folder_atomically, read_manifest
 from components.compile.gpus import check_build_hardware
 from components.compile.stage import artifact_file
@@ -159,6 +166,7 @@ def price_and_check_service_levels(
     return cost, service_gate, infeasible
 
 
+@reports_failure("select")
 def run(
     candidates: Any,
     source_model: Any,

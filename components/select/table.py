@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from components.common.stage import markdown_table
-from components.select.benchmark import CandidateFigures
+from components.select.benchmark import CandidateFigures, SpeedupFigures, compare_latency
 from components.select.policy import SelectionDecision
 
 
@@ -16,6 +16,25 @@ def _status(f: CandidateFigures, decision: SelectionDecision) -> str:
     if f.name == decision.selected:
         return "SELECTED"
     return "rejected" if f.rejected_reason else "passed"
+
+
+def _speedup(f: CandidateFigures, ref: CandidateFigures | None, batch: int) -> SpeedupFigures | None:
+    if f.reference or ref is None or batch not in f.latency or batch not in ref.latency:
+        return None
+    return f.speedup.get(batch) or compare_latency(f.latency[batch], ref.latency[batch])
+
+
+def speedup_text(f: CandidateFigures, ref: CandidateFigures | None, batch: int) -> str:
+    """``1.52x (1.41-1.60)`` with the round-by-round IQR, or ``~1.03x, not distinguishable (0.95-1.10)``."""
+    if f.reference and batch in f.latency:
+        return "1.00x"
+    versus = _speedup(f, ref, batch)
+    if versus is None:
+        return ""
+    spread = f"{versus.ratio_p25:.2f}-{versus.ratio_p75:.2f}"
+    if versus.verdict == "not distinguishable":
+        return f"~{versus.ratio:.2f}x, not distinguishable ({spread})"
+    return f"{versus.ratio:.2f}x ({spread})"
 
 
 def comparison_rows(
@@ -38,16 +57,14 @@ def comparison_rows(
             "cosine": "" if acc is None else round(acc.cosine_mean, 5),
             "top-1 agree": "" if acc is None or acc.top1_agreement is None else round(acc.top1_agreement, 4),
             "max abs diff": "" if acc is None else float(f"{acc.max_abs_diff:.3g}"),
+            "judged by": "" if acc is None else acc.judged_by(),
         }
         for b in batch_sizes:
             lat = f.latency.get(b)
             row[f"p50/p99 ms b{b}"] = "" if lat is None else f"{lat.p50_ms:.3g} / {lat.p99_ms:.3g}"
             row[f"samples/s b{b}"] = "" if lat is None else round(lat.throughput, 1)
             row[f"IQR b{b}"] = "" if lat is None else f"{lat.iqr_pct:.0f}%"
-        speedup = ""
-        if ref is not None and largest in f.latency and largest in ref.latency:
-            speedup = f"{f.latency[largest].throughput / ref.latency[largest].throughput:.2f}x"
-        row[f"vs {ref.name if ref else 'reference'} b{largest}"] = speedup
+        row[f"vs {ref.name if ref else 'reference'} b{largest}"] = speedup_text(f, ref, largest)
         row["reason"] = f.rejected_reason
         rows.append(row)
     return rows
@@ -63,8 +80,13 @@ def summary_rows(
     for f in figures:
         lat = f.latency.get(largest)
         speedup: float | str = ""
-        if ref is not None and lat is not None and largest in ref.latency:
-            speedup = round(lat.throughput / ref.latency[largest].throughput, 2)
+        versus = _speedup(f, ref, largest)
+        if f.reference and lat is not None:
+            speedup = 1.0
+        elif versus is not None:
+            speedup = (
+                round(versus.ratio, 2) if versus.verdict != "not distinguishable" else "not distinguishable"
+            )
         rows.append(
             {
                 "name": f.name,
@@ -76,9 +98,14 @@ def summary_rows(
                 "drop_points": ""
                 if f.accuracy is None or f.accuracy.drop_points is None
                 else round(f.accuracy.drop_points, 2),
+                "drop_basis": "" if f.accuracy is None else f.accuracy.drop_basis,
+                "judged_by": "" if f.accuracy is None else f.accuracy.judged_by(),
                 f"p50_ms_b{largest}": "" if lat is None else round(lat.p50_ms, 3),
                 f"samples_per_s_b{largest}": "" if lat is None else round(lat.throughput, 1),
                 f"speedup_b{largest}": speedup,
+                f"speedup_iqr_b{largest}": ""
+                if versus is None
+                else f"{versus.ratio_p25:.2f}-{versus.ratio_p75:.2f}",
                 "reason": f.rejected_reason,
             }
         )
@@ -90,6 +117,7 @@ def decision_markdown(
 ) -> str:
     """The Markdown the console renders: the decision and its reason, then the table."""
     head = f"**Selected: {decision.selected}**" if decision.selected else "**No candidate selected**"
-    return f"{head} ({decision.policy}): {decision.reason}\n\n" + markdown_table(
+    warnings = "".join(f"> **Warning:** {w}\n\n" for w in decision.warnings)
+    return f"{head} ({decision.policy}): {decision.reason}\n\n{warnings}" + markdown_table(
         comparison_rows(figures, decision, batch_sizes)
     )

@@ -10,9 +10,9 @@ import pytest
 
 from components.canary.metrics import WindowStats
 from components.canary.rollout import split_for_step
+from components.cloud.labels import MANAGED_BY_KEY
+from components.cloud.lease import EXPIRES_KEY, HOLDER_KEY, PREVIOUS_PREFIX, read_lease
 from components.common.errors import CanaryRolledBackError, RolloutConflictError
-from components.deploy.lease import EXPIRES_KEY, HOLDER_KEY, PREVIOUS_PREFIX, read_lease
-from components.deploy.vertex import MANAGED_BY_KEY
 from tests.fakes.rollout import FAILING, HEALTHY, NO_DATA, PROJECT, InMemoryMetrics, RolloutHarness
 from tests.fakes.vertex import FakeVertex, ServingProfile
 
@@ -303,13 +303,14 @@ def test_crash_between_deploy_and_split_then_task_retry_completes_without_duplic
     deployed = harness.deploy("run-1")
     run = harness.run_canary("run-1", deployed, InMemoryMetrics(default=HEALTHY))
 
-    # Then the rollout completes with one new version and one new deployed model
+    # Then the rollout completes with one new version and one new deployed model (the old one is
+    # undeployed after the grace period, by default)
     assert (
         run.report["summary"]["decision"],
         len(fake.model_versions()),
         len(fake.endpoint("vxdeploy-endpoint").deployed_models),
         len(fake.calls_of("DeployModel")),
-    ) == ("promoted", 2, 2, 1)
+    ) == ("promoted", 2, 1, 1)
 
 
 def test_crash_mid_canary_is_rolled_back_to_the_split_before_the_rollout(

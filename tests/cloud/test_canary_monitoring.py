@@ -15,7 +15,7 @@ from components.canary.metrics import (
     RESPONSE_COUNT,
     CloudMonitoringMetricsSource,
 )
-from components.deploy.vertex import MANAGED_BY_KEY
+from components.cloud.labels import MANAGED_BY_KEY
 from tests.fakes.monitoring import FakeMonitoring
 from tests.fakes.rollout import PROJECT, RolloutHarness
 from tests.fakes.traffic import TrafficSimulator, monitoring_sink

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from components.cloud.labels import CHECKSUM_KEY, MANAGED_BY_KEY, RUN_ID_KEY
+from components.cloud.lease import HOLDER_KEY, read_lease
+from components.cloud.vertex import OperationTimeoutError
 from components.common.errors import CloudOperationError, RolloutConflictError, UserError
-from components.deploy.lease import HOLDER_KEY, read_lease
-from components.deploy.vertex import CHECKSUM_KEY, MANAGED_BY_KEY, RUN_ID_KEY, OperationTimeoutError
 from tests.fakes.rollout import PROJECT, RolloutHarness
 from tests.fakes.vertex import FakeVertex
 

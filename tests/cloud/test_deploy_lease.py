@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from components.cloud.lease import acquire_lease, read_lease, update_lease
+from components.cloud.vertex import VertexApi, connect
 from components.common.config import DeploymentConfig
 from components.common.errors import RolloutConflictError
-from components.deploy.lease import acquire_lease, read_lease, update_lease
-from components.deploy.vertex import VertexApi, connect
 from tests.fakes.vertex import FakeVertex
 
 PROJECT = "vxdeploy-test"

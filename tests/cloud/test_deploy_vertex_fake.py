@@ -9,8 +9,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1 as v1
 from google.protobuf import field_mask_pb2
 
+from components.cloud.vertex import VertexApi, connect, wait_for_operation
 from components.common.config import DeploymentConfig
-from components.deploy.vertex import VertexApi, connect, wait_for_operation
 from tests.fakes.vertex import FakeVertex
 
 PROJECT = "vxdeploy-test"
@@ -182,7 +182,10 @@ def test_an_alias_moves_to_the_version_it_is_merged_onto(api: VertexApi, fake: F
         request=v1.UploadModelRequest(
             parent=f"projects/{PROJECT}/locations/us-central1",
             parent_model=first.name,
-            model=v1.Model(display_name="m", container_spec=v1.ModelContainerSpec(image_uri="triton")),
+            model=v1.Model(
+                display_name="m",
+                container_spec=v1.ModelContainerSpec(image_uri=f"{fake.image_registries[0]}/serving:1"),
+            ),
         )
     )
     wait_for_operation(api, lro.operation.name, timeout_s=5, what="UploadModel")

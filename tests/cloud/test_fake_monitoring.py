@@ -13,7 +13,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import monitoring_dashboard_v1 as dash
 from google.cloud import monitoring_v3
 
-from components.monitoring.clients import MonitoringClients, monitoring_clients
+from components.cloud.monitoring import MonitoringClients, monitoring_clients
 from tests.fakes.dashboards import FakeDashboards
 from tests.fakes.monitoring import FakeMonitoring, distribution
 

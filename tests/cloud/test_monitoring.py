@@ -12,14 +12,14 @@ import grpc
 import pytest
 from google.cloud import monitoring_v3
 
+from components.cloud.monitoring import MonitoringClients, monitoring_clients
+from components.cloud.retry import RetryPolicy
 from components.common.config import MonitoringConfig, parse_section
 from components.common.errors import CloudOperationError, ConfigError
 from components.monitoring import stage
-from components.monitoring.clients import MonitoringClients, monitoring_clients
 from components.monitoring.policies import ServingShape
 from components.monitoring.reconcile import MonitoringResult, setup_monitoring
 from components.monitoring.resources import managed_labels
-from components.monitoring.retry import RetryPolicy
 from tests.fakes.dashboards import FakeDashboards
 from tests.fakes.monitoring import FakeMonitoring
 

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from components.common.config import load_config
-from pipelines.local_run import LocalRunResult, run_local
+from pipelines.local_run import LocalRunResult, run_local, summary_table
 
 pytestmark = pytest.mark.slow
 
@@ -59,6 +59,18 @@ def test_triton_repository_is_written_and_served(digits_run: LocalRunResult) -> 
     assert any(repo.rglob("config.pbtxt"))
     assert serve["status"] == "succeeded"
     assert serve["executions"] < serve["requests"]
+
+
+def test_the_serve_check_states_its_substitutions_and_its_sweep(digits_run: LocalRunResult) -> None:
+    serve = _stage(digits_run.report, "serve_check")
+    markdown = digits_run.report_md.read_text()
+
+    assert serve["reason"].startswith("passed with substitutions: ")
+    assert "KIND_GPU -> KIND_CPU" in serve["reason"]
+    assert "verdict=passed with substitutions:" in summary_table(digits_run.report)
+    assert digits_run.report["serve_check"]["sent"] == digits_run.report["serve_check"]["requests"]
+    assert "| batching | clients | infer/s |" in markdown and "Dynamic batching gain" in markdown
+    assert "via Triton (dynamic batching on)" in digits_run.report["cost"]["markdown"]
 
 
 def test_reports_are_written_as_json_and_markdown(digits_run: LocalRunResult) -> None:

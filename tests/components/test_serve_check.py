@@ -1,6 +1,7 @@
 """Package and serve-check components under kfp.local, served by a real Triton on loopback."""
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,8 @@ def _run_pipeline(root: Path, triton: dict[str, Any]) -> Path:
             source_model=source.output,
             eval_data=eval_data.output,
             triton=triton,
+            deployment={"accelerator_type": "NVIDIA_L4", "accelerator_count": 1, "max_replicas": 50},
+            service_levels={"p95_latency_ms": 250, "requests_per_second": 2000},
         )
 
     pipeline_root = root / "pipeline_root"
@@ -107,6 +110,8 @@ def test_the_packaged_repository_serves_matching_answers_and_batches_concurrent_
         "dynamic_batching": {"preferred_batch_sizes": [16], "max_queue_delay_microseconds": 20000},
         "serve_check_requests": 48,
         "serve_check_concurrency": 16,
+        "serve_check_sweep": [1, 16],
+        "serve_check_sweep_window_s": 0.5,
     }
 
     run_root = _run_pipeline(tmp_path, triton)
@@ -121,3 +126,34 @@ def test_the_packaged_repository_serves_matching_answers_and_batches_concurrent_
     assert summary["max_abs_diff"] < 1e-4
     assert summary["p50_ms"] > 0 and summary["p99_ms"] >= summary["p50_ms"]
     assert any("onnxruntime_onnx served as backend python" in s for s in check["details"]["substitutions"])
+
+    # The substitutions are the verdict, not a footnote: reason (terminal, report.md) and summary.
+    assert check["reason"].startswith("passed with substitutions: onnxruntime_onnx -> python backend")
+    assert "KIND_GPU -> KIND_CPU" in check["reason"]
+    assert summary["verdict"] == check["reason"].split("; no request")[0]
+    assert (summary["mode"], summary["server"]) == ("required", "bundled")
+    # Triton's statistics, read once settled, count every request sent.
+    assert summary["sent"] == summary["requests"] == 48
+    sweep = check["details"]["sweep"]
+    assert [(p["batching"], p["concurrency"]) for p in sweep["points"]] == [
+        ("off", 1),
+        ("off", 16),
+        ("on", 1),
+        ("on", 16),
+    ]
+    for point in sweep["points"]:
+        assert point["statistics_requests"] == point["requests"] > 0
+        assert point["p50_ms"] <= point["p95_ms"] <= point["p99_ms"]
+        assert point["compute_ms"] > 0
+    assert all(p["avg_batch"] == 1 for p in sweep["points"] if p["batching"] == "off")
+    assert max(p["avg_batch"] for p in sweep["points"] if p["batching"] == "on") > 1
+    assert summary["sweep_counts_match"] is True
+    # The cost table prices the served throughput at the p95 target.
+    cost = check["details"]["cost"]
+    best = max((p for p in sweep["points"] if p["p95_ms"] <= 250), key=lambda p: p["throughput_rps"])
+    row = next(r for r in cost["rows"] if r["name"].endswith(f"(dynamic batching {best['batching']})"))
+    assert row["throughput_rps"] == best["throughput_rps"]
+    assert row["replicas"] == max(1, math.ceil(2000 / best["throughput_rps"] - 1e-9))
+    markdown = (run_root / "serve-check" / "summary").read_text()
+    assert "| batching | clients | infer/s | p50 ms | p95 ms | p99 ms |" in markdown
+    assert "Cost from served throughput" in markdown

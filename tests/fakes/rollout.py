@@ -245,3 +245,218 @@ def _read(path: str | Path) -> dict[str, Any]:
 
     data: dict[str, Any] = json.loads(Path(path).read_text())
     return data
+
+
+# ----------------------------------------------------------------------------- fault matrix
+ENDPOINT_NAME = "vxdeploy-endpoint"
+MATRIX_STEPS = [25, 50, 100]
+
+
+@dataclass
+class Attempt:
+    """One try of a rollout (deploy, then canary) by calling the plain functions."""
+
+    decision: str = ""  # "promoted", "rolled_back" or "" when it raised
+    error: BaseException | None = None
+    canary_id: str = ""
+    cleanup_error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.decision != "promoted" or self.error is not None or bool(self.cleanup_error)
+
+
+class FaultWorld:
+    """A Vertex AI fake, a Cloud Monitoring fake and simulated traffic, for rollouts under injected faults.
+
+    The deploy and canary steps and the exit handler are the plain functions, called directly with
+    a fast retry policy (``deadline_s``), no real sleeps and tiny polling intervals.
+
+    Args:
+        root: A scratch folder.
+        seed: Seed of the fakes (deployed model ids, simulated traffic).
+        deadline_s: The retry deadline of one call.
+        canary: Overrides of the canary section.
+    """
+
+    def __init__(self, root: Path, seed: int = 0, deadline_s: float = 0.4, **canary: Any) -> None:
+        from components.cloud.retry import RetryPolicy
+        from components.common.config import CanaryConfig, DeploymentConfig, ModelConfig
+        from tests.fakes.monitoring import FakeMonitoring
+        from tests.fakes.traffic import TrafficSimulator, monitoring_sink
+        from tests.fakes.vertex import FakeVertex
+
+        self.root = root
+        self.vertex = FakeVertex(project=PROJECT, seed=seed).start()
+        self.monitoring = FakeMonitoring().start()
+        self.traffic = TrafficSimulator(
+            self.vertex, monitoring_sink(self.monitoring.address, PROJECT), requests_per_tick=400, seed=seed
+        )
+        self.retry = RetryPolicy(deadline_s=deadline_s, initial_delay_s=0.005, max_delay_s=0.05)
+        self.model_cfg = ModelConfig(name="model")
+        self.deploy_cfg = DeploymentConfig(
+            enabled=True,
+            project=PROJECT,
+            api_endpoint=self.vertex.address,
+            endpoint=ENDPOINT_NAME,
+            max_poll_interval_s=0.01,
+            operation_timeout_s=5,
+            retry_timeout_s=deadline_s,
+        )
+        self.canary_cfg = CanaryConfig(
+            **{
+                "steps": MATRIX_STEPS,
+                "interval_s": 0,
+                "lease_ttl_s": 600,
+                "undeploy_grace_s": 0,
+                "smoke_requests": 1,
+                "monitoring_endpoint": self.monitoring.address,
+                **canary,
+            }
+        )
+        self.repo = make_packaged_repository(root / "triton_repository")
+        self.samples = {"input": np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)}
+        self.on_analysis: Callable[[int], None] = lambda _n: None
+        self.analyses = 0
+        self.sleeps: list[float] = []
+        self.stage = ""  # "deploy" or "canary" while a rollout runs that step
+
+    def close(self) -> None:
+        self.vertex.stop()
+        self.monitoring.stop()
+
+    def api(self) -> Any:
+        from components.cloud.vertex import connect
+
+        return connect(self.deploy_cfg, retry=self.retry)
+
+    def _sleep(self, seconds: float) -> None:
+        """The canary's wait before an analysis: one tick of traffic (and any faults due then)."""
+        self.sleeps.append(seconds)
+        self.analyses += 1
+        self.on_analysis(self.analyses)
+        self.traffic.tick()
+
+    def rollout(self, run_id: str) -> Attempt:
+        """Deploy, then the canary, as a run's two tasks; an error ends the try (as a failed task)."""
+        from components.canary.metrics import CloudMonitoringMetricsSource
+        from components.canary.rollout import run_canary
+        from components.deploy.deployment import deploy_to_endpoint
+
+        attempt = Attempt()
+        api = self.api()
+        try:
+            self.stage = "deploy"
+            deployed = deploy_to_endpoint(
+                self.repo,
+                ARTIFACT_URI,
+                {},
+                self.model_cfg,
+                self.deploy_cfg,
+                self.canary_cfg,
+                run_id,
+                api=api,
+                gcp_resources_path=self.root / f"gcp_resources-{run_id}.json",
+            )
+            attempt.canary_id = deployed.deployed_model_id
+            self.stage = "canary"
+            metrics = CloudMonitoringMetricsSource(
+                PROJECT, api_endpoint=self.monitoring.address, retry=self.retry
+            )
+            result = run_canary(
+                api,
+                deployed.endpoint.name,
+                deployed.deployed_model_id,
+                deployed.version.versioned_name,
+                self.deploy_cfg,
+                self.canary_cfg,
+                run_id,
+                metrics=metrics,
+                samples=self.samples,
+                predict_path=deployed.container.predict_route,
+                sleep=self._sleep,
+            )
+            attempt.decision = result.decision
+            attempt.cleanup_error = result.cleanup_error
+        except Exception as exc:  # noqa: BLE001 - a failed task; the scenario goes on to recover it
+            attempt.error = exc
+        finally:
+            self.stage = ""
+        return attempt
+
+    def exit_handler(self, run_id: str, *, run_failed: bool = True, deadline_s: float = 3.0) -> Any:
+        """The exit handler's plain function, as ``rollback_on_failure`` calls it."""
+        from components.canary.rollout import roll_back_failed_run
+
+        return roll_back_failed_run(
+            self.api(),
+            self.endpoint_name,
+            run_id,
+            run_failed=run_failed,
+            deploy_cfg=self.deploy_cfg,
+            deadline_s=deadline_s,
+            sleep=lambda _s: None,
+        )
+
+    @property
+    def endpoint_name(self) -> str:
+        return str(self.vertex.endpoint(ENDPOINT_NAME).name)
+
+    def version_of_run(self, run_id: str) -> Any:
+        from components.cloud.labels import RUN_ID_KEY, label_value
+
+        found = [v for v in self.vertex.model_versions() if v.labels.get(RUN_ID_KEY) == label_value(run_id)]
+        return found
+
+
+def rollout_invariant(world: FaultWorld, *, old_run: str, new_run: str, ttl_s: float) -> str:
+    """Which version serves ("old" or "new") after checking the invariant; raises AssertionError if broken.
+
+    Traffic is 100% on one deployed model, of the old version (before the commit) or the new one
+    (after it); no duplicate models, versions, endpoints or deployed models; the rollout lease is
+    released or expires within ``ttl_s``; the promoted aliases are on the version that serves.
+    """
+    import time as _time
+
+    from components.cloud.aliases import versioned_name
+    from components.cloud.lease import read_lease
+
+    endpoints = [e for e in world.vertex.endpoints() if e.display_name == ENDPOINT_NAME]
+    assert len(endpoints) == 1, f"{len(endpoints)} endpoints named {ENDPOINT_NAME}"
+    endpoint = endpoints[0]
+    split = {k: v for k, v in endpoint.traffic_split.items() if v > 0}
+    assert list(split.values()) == [100], f"traffic split {split} is not 100% on one deployed model"
+    serving_id = next(iter(split))
+    by_id = {dm.id: dm for dm in endpoint.deployed_models}
+    assert serving_id in by_id, f"{serving_id} takes traffic but is not deployed"
+    old_versions, new_versions = world.version_of_run(old_run), world.version_of_run(new_run)
+    assert len(old_versions) == 1 and len(new_versions) <= 1, (
+        f"model versions per run: {old_run}={len(old_versions)}, {new_run}={len(new_versions)}"
+    )
+    models = {v.name for v in world.vertex.model_versions() if v.labels.get("managed-by") == "vxdeploy"}
+    assert len(models) == 1, f"vxdeploy models {models}"
+    serving_version = versioned_name(by_id[serving_id])
+    old = f"{old_versions[0].name}@{old_versions[0].version_id}"
+    new = f"{new_versions[0].name}@{new_versions[0].version_id}" if new_versions else ""
+    assert serving_version in (old, new), f"{serving_version} serves, neither {old} nor {new}"
+    copies = [versioned_name(dm) for dm in endpoint.deployed_models]
+    assert len(copies) == len(set(copies)), f"a version is deployed twice: {copies}"
+    lease = read_lease(endpoint)
+    if lease is not None:
+        left = lease.expires_at - _time.time()
+        assert left <= ttl_s + 1, f"lease of {lease.holder} expires in {left:.0f} s > ttl {ttl_s:g} s"
+    else:
+        assert len(endpoint.deployed_models) == 1, (
+            f"lease released but {len(endpoint.deployed_models)} models stay deployed: "
+            f"{[dm.id for dm in endpoint.deployed_models]}"
+        )
+    holders = {
+        a: f"{v.name}@{v.version_id}"
+        for v in world.vertex.model_versions()
+        if v.labels.get("managed-by") == "vxdeploy"
+        for a in v.version_aliases
+        if a in ("production", "default")
+    }
+    assert holders.get("production") == serving_version, f"aliases {holders}; serving {serving_version}"
+    assert holders.get("default") == serving_version, f"aliases {holders}; serving {serving_version}"
+    return "new" if serving_version == new else "old"

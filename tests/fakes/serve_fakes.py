@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from components.deploy.vertex import MANAGED_BY_KEY, MANAGED_BY_VALUE
+from components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from tests.fakes.vertex import FakeVertex, ServingProfile
 
 PROJECT = "vxdeploy-local"  # what `vxdeploy run --api-endpoint` uses when no project is configured
@@ -74,6 +74,7 @@ def run_config(storage: str, monitoring: str, dashboards: str, *, interval_s: fl
             "interval_s": interval_s,
             "monitoring_endpoint": monitoring,
             "lease_ttl_s": 900,
+            "undeploy_grace_s": interval_s,
         },
         "monitoring": {"monitoring_endpoint": monitoring, "dashboards_endpoint": dashboards},
     }

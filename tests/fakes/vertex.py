@@ -9,7 +9,9 @@ checked the way the service checks it (a traffic split must sum to 100, an unkno
 model is a 404, an alias lives on one version of a model, ...).
 
 Fault injection (:class:`Faults`): an operation that fails, a 503 before a call is served, an
-operation that never finishes, a connection dropped without an answer.
+operation that never finishes, a connection dropped without an answer; and (:meth:`FakeVertex.inject`)
+any HTTP status n times, a burst of 503s for a while, an answer lost after the call was served,
+or the caller "killed" after a call.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -54,8 +56,11 @@ _STATUS_NAMES = {
     404: "NOT_FOUND",
     409: "ALREADY_EXISTS",
     412: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",
     500: "INTERNAL",
+    502: "UNAVAILABLE",
     503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 # google.rpc.Code numbers, for the error inside a failed operation.
 _RPC_CODES = {
@@ -122,12 +127,58 @@ class Faults:
     unavailable: dict[str, int] = field(default_factory=dict)
     drop_connections: dict[str, int] = field(default_factory=dict)
 
+    injections: list[Injection] = field(default_factory=list)
+    killed: bool = False
+
     def take(self, table: dict[str, int], rpc: str) -> bool:
         left = table.get(rpc, 0)
         if left <= 0:
             return False
         table[rpc] = left - 1
         return True
+
+    def action(self, rpc: str, now: float) -> str | int | None:
+        """What the injections say about this call: an HTTP status, "lose", "kill" or None (serve it)."""
+        for inj in self.injections:
+            if inj.rpc != rpc or inj.spent:
+                continue
+            if inj.skip > 0:
+                inj.skip -= 1
+                continue
+            if inj.burst_s:
+                if inj.burst_until is None:
+                    inj.burst_until = now + inj.burst_s
+                if now < inj.burst_until:
+                    return 503
+                inj.spent = True
+                continue
+            if inj.statuses:
+                status = inj.statuses.pop(0)
+                inj.spent = not inj.statuses
+                return status
+            inj.spent = True
+            return "kill" if inj.kill else "lose"
+        return None
+
+
+@dataclass
+class Injection:
+    """A fault on calls of one RPC, after ``skip`` calls of it have been served.
+
+    ``statuses``: answer the next calls with these HTTP statuses, without serving them; ``burst_s``:
+    answer 503 to every call for that long; ``lose``: serve the next call, then close the connection
+    without an answer (the effect applied, the response lost); ``kill``: serve it, then refuse every
+    later call of any RPC (403) until :meth:`FakeVertex.revive`, as if the client's process had died.
+    """
+
+    rpc: str
+    skip: int = 0
+    statuses: list[int] = field(default_factory=list)
+    burst_s: float = 0.0
+    lose: bool = False
+    kill: bool = False
+    burst_until: float | None = None
+    spent: bool = False
 
 
 @dataclass
@@ -160,6 +211,9 @@ class FakeVertex(LoopbackHTTPServer):
         storage_host: A GCS emulator (``http://127.0.0.1:PORT``); when given, an uploaded model's
             ``artifactUri`` must hold objects there, as Vertex AI requires.
         seed: Seed of the traffic-split routing of ``rawPredict``.
+        image_registries: Registry prefixes whose images an uploaded model may name (default: the
+            registry this run is configured with, ``images.registry()`` when the fake is made).
+            Any other image is refused, so a serving image nobody pushed cannot slip through.
     """
 
     def __init__(
@@ -170,13 +224,18 @@ class FakeVertex(LoopbackHTTPServer):
         operation_polls: int = 1,
         storage_host: str | None = None,
         seed: int = 0,
+        image_registries: Sequence[str] | None = None,
     ) -> None:
+        from components.common import images
+
+        self.image_registries = tuple(r.rstrip("/") for r in (image_registries or (images.registry(),)))
         self.project = project
         self.project_number = project_number
         self.operation_polls = operation_polls
         self.storage_host = storage_host
         self.faults = Faults()
         self.calls: list[RecordedCall] = []
+        self.observer: Callable[[RecordedCall], None] | None = None  # called with each call as it arrives
         self.serving_profile: Callable[[v1.DeployedModel], ServingProfile] = lambda _dm: ServingProfile()
         self._models: dict[tuple[str, str], _ModelResource] = {}
         self._endpoints: dict[tuple[str, str], v1.Endpoint] = {}
@@ -223,6 +282,28 @@ class FakeVertex(LoopbackHTTPServer):
         """Close the connection of the next ``times`` calls of ``rpc`` without serving or answering them."""
         with self._lock:
             self.faults.drop_connections[rpc] = self.faults.drop_connections.get(rpc, 0) + times
+
+    def inject(
+        self,
+        rpc: str,
+        *,
+        skip: int = 0,
+        statuses: list[int] | None = None,
+        burst_s: float = 0.0,
+        lose: bool = False,
+        kill: bool = False,
+    ) -> Injection:
+        """Inject one fault on ``rpc`` after ``skip`` of its calls (see :class:`Injection`)."""
+        with self._lock:
+            inj = Injection(rpc, skip, list(statuses or []), burst_s, lose, kill)
+            self.faults.injections.append(inj)
+            return inj
+
+    def revive(self) -> None:
+        """Serve calls again after a ``kill`` injection fired, and drop the injections left."""
+        with self._lock:
+            self.faults.killed = False
+            self.faults.injections.clear()
 
     def finish_hung_operations(self) -> None:
         """Let operations that were told to hang complete on their next poll."""
@@ -282,7 +363,7 @@ class FakeVertex(LoopbackHTTPServer):
                         display_name=model_display_name,
                         artifact_uri="gs://seed/model_repository",
                         container_spec=v1.ModelContainerSpec(
-                            image_uri="us-docker.pkg.dev/vertex-ai/prediction/tritonserver:24.09-py3",
+                            image_uri=f"{self.image_registries[0]}/serving:seeded",
                             invoke_route_prefix="/*" if dedicated else "",
                             predict_route="" if dedicated else "/v2/models/model/infer",
                         ),
@@ -342,12 +423,23 @@ class FakeVertex(LoopbackHTTPServer):
             raise _bad(f"Invalid JSON payload received. {exc}") from None
         with self._lock:
             self.calls.append(RecordedCall(rpc, method, path, api_version, query, body))
+            if self.observer is not None:
+                self.observer(self.calls[-1])
+            if self.faults.killed:
+                raise ApiError(403, "The caller is gone (injected kill).", "PERMISSION_DENIED")
             if self.faults.take(self.faults.drop_connections, rpc):
                 raise _DropConnection
             if self.faults.take(self.faults.unavailable, rpc):
                 raise ApiError(503, "The service is currently unavailable.", "UNAVAILABLE")
+            action = self.faults.action(rpc, time.monotonic())
+            if isinstance(action, int):
+                raise ApiError(action, f"Injected HTTP {action}.")
             handler = getattr(self, f"_rpc_{rpc}")
             result = handler(api_version=api_version, query=query, body=body, body_bytes=body_bytes, **args)
+            if action == "lose":
+                raise _DropConnection
+            if action == "kill":
+                self.faults.killed = True
         if isinstance(result, tuple):
             return result
         return 200, result, {}
@@ -514,6 +606,11 @@ class FakeVertex(LoopbackHTTPServer):
         spec = model.container_spec
         if not spec.image_uri:
             raise _bad("model.container_spec.image_uri is required for a custom container model")
+        if not any(spec.image_uri.startswith(f"{r}/") for r in self.image_registries):
+            raise _bad(
+                f"model.container_spec.image_uri {spec.image_uri!r} is not in the registries this run was "
+                f"configured with ({', '.join(self.image_registries)}): nothing would serve it"
+            )
         if spec.predict_route and spec.invoke_route_prefix:
             raise _bad(
                 "Only one of container_spec.predict_route and container_spec.invoke_route_prefix may be set"

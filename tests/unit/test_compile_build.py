@@ -252,3 +252,49 @@ def test_accelerator_type_without_count_is_a_config_error() -> None:
 
 def test_cpu_build_needs_no_gpu() -> None:
     assert check_build_hardware("", 0) == "cpu"
+
+
+def test_dynamic_int8_candidate_is_built_from_calibrations_dynamic_model(
+    onnx_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32, qdq = onnx_models
+    dynamic = tmp_path / "model.dynamic.onnx"
+    quantize_dynamic(
+        str(fp32), str(dynamic), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+    )
+    sources = CompileSources(signature_from_onnx(fp32), fp32, qdq, dynamic_path=dynamic)
+    cfg = CompilationConfig(candidates=["onnxruntime_int8_dynamic"])
+
+    manifest = build_candidates(tmp_path / "candidates", cfg, sources)
+
+    (cand,) = manifest.candidates
+    assert (cand.status, cand.precision, cand.runtime) == ("built", "int8", "onnxruntime")
+
+
+def test_dynamic_int8_candidate_is_skipped_with_the_gate_reason(
+    onnx_models: tuple[Path, Path], tmp_path: Path
+) -> None:
+    fp32, qdq = onnx_models
+    sources = CompileSources(
+        signature_from_onnx(fp32),
+        fp32,
+        qdq,
+        dynamic_unavailable_reason="dynamic INT8 misses the gate: cosine 0.97",
+    )
+
+    manifest = build_candidates(tmp_path, CompilationConfig(candidates=["onnxruntime_int8_dynamic"]), sources)
+
+    (cand,) = manifest.candidates
+    assert cand.status == "skipped" and "cosine 0.97" in cand.reason
+
+
+def test_fp32_model_passed_as_dynamic_int8_is_refused(onnx_models: tuple[Path, Path], tmp_path: Path) -> None:
+    fp32, qdq = onnx_models
+    sources = CompileSources(signature_from_onnx(fp32), fp32, qdq, dynamic_path=fp32)
+
+    manifest = build_candidates(tmp_path, CompilationConfig(candidates=["onnxruntime_int8_dynamic"]), sources)
+
+    (cand,) = manifest.candidates
+    assert cand.status == "skipped" and "not dynamic INT8" in cand.reason

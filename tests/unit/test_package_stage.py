@@ -16,6 +16,7 @@ from components.common.images import SERVING_IMAGE
 from components.common.signature import ModelSignature, TensorSpec
 from components.package import stage
 from components.package.manifest import verify_manifest
+from components.package.serve_check import ServeCheckUnavailable
 from components.package.tritonserver import find_bundled_triton
 
 SIGNATURE = ModelSignature(
@@ -108,14 +109,25 @@ def _serve_check(
 
 
 @pytest.mark.skipif(find_bundled_triton()[0] is None, reason="the skip reason differs without pytriton")
-def test_a_tensorrt_repository_is_reported_skipped_with_the_reason_never_passed(tmp_path: Path) -> None:
+def test_a_best_effort_check_of_a_tensorrt_repository_is_skipped_never_passed(tmp_path: Path) -> None:
     repository, _ = _package(tmp_path, _selected_engine(tmp_path))
 
-    metrics, report = _serve_check(tmp_path, repository, {})
+    metrics, report = _serve_check(tmp_path, repository, {"serve_check": "best_effort"})
 
     assert report["status"] == "skipped"
-    assert "TensorRT" in report["reason"]
+    assert "TensorRT" in report["reason"] and "best_effort: deploying anyway" in report["reason"]
     assert metrics.metadata == {}
+
+
+@pytest.mark.skipif(find_bundled_triton()[0] is None, reason="the skip reason differs without pytriton")
+def test_a_required_check_that_cannot_run_fails_so_deployment_does_not_happen(tmp_path: Path) -> None:
+    repository, _ = _package(tmp_path, _selected_engine(tmp_path))
+
+    with pytest.raises(ServeCheckUnavailable, match="serve check required but not run: .*TensorRT"):
+        _serve_check(tmp_path, repository, {})
+
+    report = json.loads((tmp_path / "serve_report").read_text())
+    assert report["status"] == "failed" and report["summary"]["mode"] == "required"
 
 
 def test_a_disabled_serve_check_is_reported_skipped(tmp_path: Path) -> None:
@@ -123,7 +135,8 @@ def test_a_disabled_serve_check_is_reported_skipped(tmp_path: Path) -> None:
 
     _, report = _serve_check(tmp_path, repository, {"serve_check": False})
 
-    assert (report["status"], report["reason"]) == ("skipped", "triton.serve_check is false")
+    assert report["status"] == "skipped"
+    assert report["reason"] == "triton.serve_check is off: deployment goes ahead unchecked"
 
 
 def test_a_missing_triton_install_is_reported_with_how_to_get_it() -> None:

@@ -13,7 +13,7 @@ from components.common.config import CompilationConfig
 from components.common.signature import signature_from_onnx
 from components.compile import tensorrt
 from components.compile.build import CompileSources, build_candidates
-from components.select.runners import TensorRTRunner
+from components.verify.runners import TensorRTRunner
 
 pytestmark = pytest.mark.gpu
 
@@ -81,7 +81,7 @@ def test_engine_builds_and_answers_like_pytorch(
     assert cand.engine["gpu_name"] == torch.cuda.get_device_name() and cand.engine["precision"] == kind[9:]
     runner = TensorRTRunner(kind, tmp_path / cand.file, signature, max_batch=32)
     x = np.random.default_rng(1).standard_normal((5, 3, 16, 16)).astype(np.float32)
-    (got,) = runner.run({"input": x})
+    (got,) = runner.run({"input": x}).values()
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, atol=atol)

@@ -35,6 +35,7 @@ def test_an_aoti_candidate_serves_the_reference_answers_in_batches(tmp_path: Pat
         dynamic_batching={"preferred_batch_sizes": [8], "max_queue_delay_microseconds": 20000},
         serve_check_requests=32,
         serve_check_concurrency=8,
+        serve_check_sweep=[],  # answers only; the sweep is tested in test_serve_check.py
     )
     repo = package_triton_repository(
         package,

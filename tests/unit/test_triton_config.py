@@ -255,13 +255,13 @@ def test_an_unknown_candidate_kind_lists_the_known_ones(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("accelerator", "count", "expected"),
-    [("NVIDIA_L4", 1, "KIND_GPU"), ("", 0, "KIND_CPU"), ("NVIDIA_L4", 0, "KIND_CPU")],
+    ("machine", "accelerator", "count", "expected"),
+    [("g2-standard-8", "NVIDIA_L4", 1, "KIND_GPU"), ("n1-standard-4", "", 0, "KIND_CPU")],
 )
 def test_auto_instance_kind_follows_the_deployment_accelerator(
-    accelerator: str, count: int, expected: str
+    machine: str, accelerator: str, count: int, expected: str
 ) -> None:
-    deployment = DeploymentConfig(accelerator_type=accelerator, accelerator_count=count)
+    deployment = DeploymentConfig(machine_type=machine, accelerator_type=accelerator, accelerator_count=count)
 
     assert resolve_instance_kind(TritonConfig(instance_kind="auto"), deployment) == expected
 

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from google.cloud.aiplatform_v1.types import ModelContainerSpec
 from onnx import TensorProto, helper, numpy_helper
 
+from components.common import images
 from components.common.config import TritonConfig
-from components.common.images import SERVING_IMAGE
 from components.common.signature import ModelSignature, TensorSpec
 from components.package.ensemble import EnsembleStep, ModelPart, package_ensemble
 from components.package.repository import TritonRepository, package_triton_repository
-from components.package.vertex import VERTEX_TRITON_IMAGE, model_upload_kwargs, vertex_serving_container
+from components.package.vertex import model_upload_kwargs, vertex_serving_container
 
 SIGNATURE = ModelSignature(
     inputs=(TensorSpec("input", "float32", ("batch", 4)),),
@@ -55,7 +56,7 @@ def _single(
 def test_single_model_container_serves_the_repository_vertex_copies_on_port_8000(tmp_path: Path) -> None:
     container = vertex_serving_container(_single(tmp_path), TritonConfig(shared_memory_mb=2048))
 
-    assert container["image_uri"] == VERTEX_TRITON_IMAGE
+    assert container["image_uri"] == images.serving_image()
     assert container["command"] == ["tritonserver"]
     assert "--model-repository=$(AIP_STORAGE_URI)" in container["args"]
     assert not any(a.startswith("--vertex-ai-default-model") for a in container["args"])
@@ -74,11 +75,21 @@ def test_the_container_spec_is_accepted_by_aiplatform_as_it_is(tmp_path: Path) -
     assert model_upload_kwargs(container)["serving_container_ports"] == [8000]
 
 
-def test_engines_and_aoti_packages_default_to_the_project_serving_image(tmp_path: Path) -> None:
-    aoti = vertex_serving_container(_single(tmp_path / "a", "aoti"), TritonConfig())
-    engine = vertex_serving_container(_single(tmp_path / "t", "tensorrt_fp16"), TritonConfig())
+def test_every_model_kind_is_served_from_the_project_serving_image_of_the_configured_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a registry chosen for this run (as a compiled pipeline sets it in every task)
+    monkeypatch.setenv("VXDEPLOY_REGISTRY", "europe-docker.pkg.dev/acme-ml/serving-images")
 
-    assert aoti["image_uri"] == engine["image_uri"] == SERVING_IMAGE
+    # when ONNX, AOT Inductor and TensorRT repositories are given their containers
+    served = {
+        kind: vertex_serving_container(_single(tmp_path / kind, kind), TritonConfig())["image_uri"]
+        for kind in ("onnxruntime_fp32", "aoti", "tensorrt_fp16")
+    }
+
+    # then all of them name that registry's serving image (Vertex AI has no prebuilt Triton image)
+    want = f"europe-docker.pkg.dev/acme-ml/serving-images/serving:{images.VERSION}"
+    assert served == dict.fromkeys(served, want)
 
 
 def test_an_explicit_serving_image_wins(tmp_path: Path) -> None:

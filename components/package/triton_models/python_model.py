@@ -96,8 +96,10 @@ class TritonPythonModel:
             return [np.asarray(r) for r in results]
         torch = self.torch
         with torch.inference_mode():
-            out = self.model(*[torch.from_numpy(feeds[n]).to(self.device) for n in self.input_names])
-        outs = out if isinstance(out, (list, tuple)) else [out]
+            # The loader runs on the flat inputs (config order = the program's) and returns flat
+            # outputs: no pytree to rebuild, whether the program takes kwargs or returns a dict.
+            flat = [torch.from_numpy(feeds[n]).to(self.device) for n in self.input_names]
+            outs = self.model.loader.boxed_run(flat)
         return [o.detach().cpu().numpy() for o in outs]
 
     def _respond(self, results: list[np.ndarray]) -> Any:

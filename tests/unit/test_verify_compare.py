@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from components.common.errors import ParityError
-from components.export.parity import ParityTolerance, check_parity, compare_outputs, summarize
+from components.verify.compare import ParityTolerance, check_parity, compare_outputs, summarize
 
 
 def _logits(n: int = 64, classes: int = 10, seed: int = 0) -> np.ndarray:
@@ -15,7 +15,7 @@ def test_identical_outputs_have_zero_diff_full_cosine_and_full_top1() -> None:
     (cmp,) = compare_outputs(ref, {"logits": ref["logits"].copy()})
 
     assert (cmp.max_abs_diff, cmp.max_rel_diff, cmp.top1_agreement) == (0.0, 0.0, 1.0)
-    assert cmp.cosine == pytest.approx(1.0)
+    assert cmp.cosine_mean == pytest.approx(1.0)
 
 
 def test_figures_measure_the_real_difference() -> None:
@@ -28,7 +28,7 @@ def test_figures_measure_the_real_difference() -> None:
 
     assert cmp.max_abs_diff == pytest.approx(float(np.abs(ref[5]).max() * 2), rel=1e-5)
     assert cmp.top1_agreement == pytest.approx(63 / 64)
-    assert 0.9 < cmp.cosine < 1.0
+    assert cmp.cosine_min < 0.0 < cmp.cosine_mean < 1.0
 
 
 def test_parity_error_names_every_failing_output_with_shape_and_figures() -> None:
@@ -85,3 +85,12 @@ def test_summary_reports_the_worst_output() -> None:
 
     assert figures["max_abs_diff"] == pytest.approx(0.1, rel=1e-3)
     assert figures["min_top1_agreement"] <= 1.0
+
+
+def test_cosine_is_per_row_and_one_wide_outputs_are_judged_element_wise() -> None:
+    ref = np.array([[1e-6], [2.0]], np.float32)
+    cand = np.array([[-1e-6], [2.0]], np.float32)  # a sign flip inside atol: the same number
+
+    (cmp,) = check_parity({"score": ref}, {"score": cand}, ParityTolerance(atol=1e-4))
+
+    assert cmp.cosine_min == -1.0 and cmp.mismatched == 0

@@ -11,16 +11,17 @@ from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1
 from google.protobuf import field_mask_pb2
 
-from components.common.config import DeploymentConfig
-from components.common.errors import CloudOperationError, UserError
-from components.deploy.vertex import (
-    MANAGED_BY_KEY,
-    MANAGED_BY_VALUE,
+from components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
+from components.cloud.vertex import (
     VertexApi,
     call,
+    create_once,
+    pending_operations,
     record_gcp_resource,
     wait_for_operation,
 )
+from components.common.config import DeploymentConfig
+from components.common.errors import CloudOperationError, UserError
 
 _NUMERIC_ID = re.compile(r"^[0-9]+$")
 
@@ -139,16 +140,33 @@ def _create_endpoint(
         parent=api.parent, endpoint=endpoint, endpoint_id=endpoint_id
     )
     name = f"{api.parent}/endpoints/{endpoint_id}"
+
+    def send() -> str:
+        lro = api.endpoints.create_endpoint(request=request, timeout=api.call_timeout_s)
+        return str(lro.operation.name)
+
+    def look_up() -> str | None:
+        # A create whose answer was lost left either the endpoint or its operation under way.
+        pending = pending_operations(api, name, aiplatform_v1.CreateEndpointOperationMetadata)
+        if pending:
+            return pending[0]
+        try:
+            get_endpoint(api, name)
+        except gexc.NotFound:
+            return None
+        return ""
+
     try:
-        lro = call(api.endpoints.create_endpoint, request, api=api, write=True)
+        op_name = create_once(
+            f"CreateEndpoint {cfg.endpoint!r}", send, look_up, api=api, passthrough=(gexc.Conflict,)
+        )
     except gexc.Conflict:  # 409: over REST an ALREADY_EXISTS arrives as Conflict
-        # An earlier try created it (its answer was lost): use it.
-        return get_endpoint(api, name)
-    op_name = lro.operation.name
-    record_gcp_resource(gcp_resources_path, "CreateEndpoint", api.resource_uri(op_name))
-    done = wait_for_operation(api, op_name, timeout_s=600, what=f"CreateEndpoint {cfg.endpoint!r}")
-    created = aiplatform_v1.Endpoint.deserialize(done.response.value)
-    return get_endpoint(api, created.name or name)
+        # An earlier try created it (its answer was lost): use it, once its operation is done.
+        op_name = next(iter(pending_operations(api, name, aiplatform_v1.CreateEndpointOperationMetadata)), "")
+    if op_name:
+        record_gcp_resource(gcp_resources_path, "CreateEndpoint", api.resource_uri(op_name))
+        wait_for_operation(api, op_name, timeout_s=600, what=f"CreateEndpoint {cfg.endpoint!r}")
+    return get_endpoint(api, name)
 
 
 def update_endpoint(
@@ -202,7 +220,9 @@ def undeploy_model(
     """Undeploy one deployed model that takes no traffic; returns False when it was already gone."""
     request = aiplatform_v1.UndeployModelRequest(endpoint=endpoint_name, deployed_model_id=deployed_model_id)
     try:
-        lro = call(api.endpoints.undeploy_model, request, api=api, write=True)
+        # Undeploying is idempotent in effect: a retry after a lost answer finds the model gone (404)
+        # or undeploys what is still there.
+        lro = call(api.endpoints.undeploy_model, request, api=api)
     except gexc.NotFound:
         return False
     op_name = lro.operation.name

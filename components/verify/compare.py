@@ -1,14 +1,15 @@
-"""Numerical parity between a reference model's outputs and a candidate's (ONNX, Q/DQ, engines).
+"""The one output comparison: a candidate's outputs against a reference's, output by output.
 
-:func:`compare_outputs` measures every output; :func:`check_parity` raises one
-:class:`~components.common.errors.ParityError` that names each failing output with its shape
-and figures, the way Hugging Face's exporters report ``AtolError``.
+Every stage that checks numbers (export parity, the INT8 gate, selection, the serve check) measures
+with :func:`compare_outputs`, so a cosine or a difference means the same thing in every report.
+:func:`check_parity` raises one :class:`~components.common.errors.ParityError` that names each
+failing output with its shape and figures, the way Hugging Face's exporters report ``AtolError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,11 @@ _REL_FLOOR = 1e-6
 
 @dataclass(frozen=True)
 class ParityTolerance:
-    """What counts as agreement.
+    """What counts as agreement for a conversion (export, compilation) that should not change numbers.
 
     An output agrees when every element satisfies ``|c - r| <= atol + rtol * |r|`` (numpy's
-    ``allclose`` rule), its cosine similarity is at least ``min_cosine`` and, when
+    ``allclose`` rule), its per-row cosine is at least ``min_cosine`` on every row (rows more than
+    one value wide) and, when
     ``min_top1_agreement`` is set, its top-1 agreement (class-score outputs) is at least that.
     """
 
@@ -36,15 +38,19 @@ class ParityTolerance:
 
 @dataclass(frozen=True)
 class OutputComparison:
-    """The figures of one output, reference against candidate."""
+    """The figures of one output, reference against candidate (first axis = samples)."""
 
     name: str
     shape: tuple[int, ...]
     candidate_shape: tuple[int, ...]
     max_abs_diff: float
     max_rel_diff: float
-    cosine: float
+    cosine_mean: float
+    """Mean over samples of the cosine between each sample's reference and candidate values."""
+    cosine_min: float
+    """The worst sample's cosine."""
     top1_agreement: float | None
+    """Fraction of samples whose argmax agrees, for ``(samples, classes)`` float outputs; else None."""
     mismatched: int
     """Elements outside ``atol + rtol * |reference|`` (set by :func:`check_parity`; -1 before)."""
     elements: int
@@ -67,7 +73,8 @@ class OutputComparison:
         mism = "" if self.mismatched < 0 else f", {self.mismatched}/{self.elements} elements out of tolerance"
         return (
             f"{self.name!r} shape {self.shape}: max abs diff {self.max_abs_diff:.3g}, "
-            f"max rel diff {self.max_rel_diff:.3g}, cosine {self.cosine:.6f}{top1}{mism}"
+            f"max rel diff {self.max_rel_diff:.3g}, per-row cosine mean {self.cosine_mean:.6f} "
+            f"(min {self.cosine_min:.6f}){top1}{mism}"
         )
 
 
@@ -76,18 +83,28 @@ def is_class_score(array: np.ndarray) -> bool:
     return array.ndim == 2 and array.shape[1] >= 2 and array.dtype.kind == "f"
 
 
+def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per sample, the cosine between its reference and candidate values (each sample flattened).
+
+    Two all-zero samples agree (1.0); a zero sample against a non-zero one does not (0.0).
+    """
+    r = np.nan_to_num(np.asarray(reference, dtype=np.float64).reshape(len(reference), -1))
+    c = np.nan_to_num(np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1))
+    nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (r * c).sum(axis=1) / (nr * nc)
+    cos = np.where((nr == 0) & (nc == 0), 1.0, cos)
+    return np.asarray(np.nan_to_num(np.clip(cos, -1.0, 1.0), nan=0.0))
+
+
 def compare_outputs(
-    reference: Mapping[str, np.ndarray],
-    candidate: Mapping[str, np.ndarray],
-    class_score_outputs: Collection[str] | None = None,
+    reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]
 ) -> list[OutputComparison]:
     """Measure every reference output against the candidate's output of the same name.
 
     Args:
         reference: Output name to array from the reference model (e.g. PyTorch, FP32 ONNX).
         candidate: Output name to array from the model under test, same names.
-        class_score_outputs: Outputs whose top-1 agreement is measured; ``None`` picks every
-            ``(samples, classes)`` float output.
 
     Returns:
         One :class:`OutputComparison` per reference output, in the reference's order.
@@ -113,19 +130,19 @@ def compare_outputs(
                     candidate_shape=tuple(cand.shape),
                     max_abs_diff=float("inf"),
                     max_rel_diff=float("inf"),
-                    cosine=0.0,
+                    cosine_mean=0.0,
+                    cosine_min=0.0,
                     top1_agreement=None,
                     mismatched=int(ref.size),
                     elements=int(ref.size),
                 )
             )
             continue
-        wants_top1 = name in class_score_outputs if class_score_outputs is not None else is_class_score(ref)
-        results.append(_compare_one(name, ref, cand, wants_top1 and ref.ndim == 2))
+        results.append(_compare_one(name, ref, cand))
     return results
 
 
-def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, top1: bool) -> OutputComparison:
+def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputComparison:
     r = ref.astype(np.float64)
     c = cand.astype(np.float64)
     diff = np.abs(c - r)
@@ -133,14 +150,14 @@ def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, top1: bool) -> Ou
     finite_mismatch = np.isfinite(r) != np.isfinite(c)
     diff = np.where(finite_mismatch, np.inf, np.nan_to_num(diff, nan=0.0, posinf=0.0))
     rel = diff / np.maximum(np.abs(np.nan_to_num(r)), _REL_FLOOR)
-    rf, cf = np.nan_to_num(r).ravel(), np.nan_to_num(c).ravel()
-    norms = float(np.linalg.norm(rf) * np.linalg.norm(cf))
-    if norms == 0.0:
-        cosine = 1.0 if not diff.any() else 0.0
-    else:
-        cosine = float(np.dot(rf, cf) / norms)
+    if ref.ndim == 0:
+        r, c, finite_mismatch = r.reshape(1, 1), c.reshape(1, 1), finite_mismatch.reshape(1, 1)
+    cos = row_cosines(r, c) if len(r) else np.ones(1)
+    if len(r):
+        # A sample with a NaN or Inf on one side only does not agree, whatever its other values.
+        cos = np.where(finite_mismatch.reshape(len(r), -1).any(axis=1), 0.0, cos)
     agreement = None
-    if top1 and len(ref):
+    if is_class_score(ref) and len(ref):
         agreement = float((ref.argmax(axis=1) == cand.argmax(axis=1)).mean())
     return OutputComparison(
         name=name,
@@ -148,7 +165,8 @@ def _compare_one(name: str, ref: np.ndarray, cand: np.ndarray, top1: bool) -> Ou
         candidate_shape=tuple(cand.shape),
         max_abs_diff=float(diff.max()) if diff.size else 0.0,
         max_rel_diff=float(rel.max()) if rel.size else 0.0,
-        cosine=cosine,
+        cosine_mean=float(cos.mean()),
+        cosine_min=float(cos.min()),
         top1_agreement=agreement,
         mismatched=-1,
         elements=int(ref.size),
@@ -171,7 +189,8 @@ def check_parity(
     tolerance: ParityTolerance,
     *,
     what: str = "candidate",
-    class_score_outputs: Collection[str] | None = None,
+    fix: str = "Check the exporter's warnings for unsupported ops, or loosen export.atol / export.rtol "
+    "if these differences are acceptable for the task.",
 ) -> list[OutputComparison]:
     """Compare outputs and raise if any is out of tolerance.
 
@@ -180,7 +199,7 @@ def check_parity(
         candidate: Candidate outputs by name.
         tolerance: The limits every output must meet.
         what: What the candidate is, for the error message (e.g. ``"ONNX export"``).
-        class_score_outputs: See :func:`compare_outputs`.
+        fix: What the user can do, appended to the error.
 
     Returns:
         The comparisons (with ``mismatched`` counted) when every output agrees.
@@ -189,32 +208,28 @@ def check_parity(
         ParityError: naming every failing output, its shape and its figures.
     """
     comparisons = [
-        _with_mismatch(cmp, reference[cmp.name], candidate[cmp.name], tolerance)
-        for cmp in compare_outputs(reference, candidate, class_score_outputs)
+        replace(
+            cmp,
+            mismatched=count_mismatched(
+                reference[cmp.name], candidate[cmp.name], tolerance.atol, tolerance.rtol
+            ),
+        )
+        for cmp in compare_outputs(reference, candidate)
     ]
     failing = failing_outputs(comparisons, tolerance)
     if failing:
         lines = "\n".join(f"  - {c.describe()}" for c in failing)
+        top1 = (
+            ""
+            if tolerance.min_top1_agreement is None
+            else f", min top-1 agreement={tolerance.min_top1_agreement:g}"
+        )
         raise ParityError(
             f"{what} disagrees with the reference beyond tolerance (atol={tolerance.atol:g}, "
-            f"rtol={tolerance.rtol:g}, min cosine={tolerance.min_cosine:g}"
-            + (
-                ""
-                if tolerance.min_top1_agreement is None
-                else f", min top-1 agreement={tolerance.min_top1_agreement:g}"
-            )
-            + f") on {len(failing)} of {len(comparisons)} output(s):\n{lines}\n"
-            "Check the exporter's warnings for unsupported ops, or loosen export.atol / export.rtol "
-            "if these differences are acceptable for the task."
+            f"rtol={tolerance.rtol:g}, min per-row cosine={tolerance.min_cosine:g}{top1}) on "
+            f"{len(failing)} of {len(comparisons)} output(s):\n{lines}\n{fix}"
         )
     return comparisons
-
-
-def _with_mismatch(
-    cmp: OutputComparison, ref: np.ndarray, cand: np.ndarray, tol: ParityTolerance
-) -> OutputComparison:
-    mism = count_mismatched(ref, cand, tol.atol, tol.rtol)
-    return OutputComparison(**{**asdict(cmp), "mismatched": mism})
 
 
 def failing_outputs(
@@ -223,7 +238,9 @@ def failing_outputs(
     """The comparisons that break ``tolerance`` (shape, element-wise closeness, cosine or top-1)."""
     failing = []
     for c in comparisons:
-        bad = not c.shapes_match or c.mismatched > 0 or c.cosine < tolerance.min_cosine
+        # A row one value wide has a cosine of +-1 (its sign): the element-wise tolerance judges it.
+        wide = int(np.prod(c.shape[1:])) > 1 if len(c.shape) > 1 else False
+        bad = not c.shapes_match or c.mismatched > 0 or (wide and c.cosine_min < tolerance.min_cosine)
         if c.mismatched < 0:  # not counted: fall back to the absolute difference alone
             bad = bad or c.max_abs_diff > tolerance.atol
         if tolerance.min_top1_agreement is not None and c.top1_agreement is not None:
@@ -241,7 +258,7 @@ def summarize(comparisons: Sequence[OutputComparison]) -> dict[str, float]:
     out = {
         "max_abs_diff": max(c.max_abs_diff for c in comparisons),
         "max_rel_diff": max(c.max_rel_diff for c in comparisons),
-        "min_cosine": min(c.cosine for c in comparisons),
+        "min_cosine": min(c.cosine_min for c in comparisons),
     }
     if top1:
         out["min_top1_agreement"] = min(top1)

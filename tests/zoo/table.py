@@ -1,0 +1,57 @@
+"""Render the zoo table from the rows the end-to-end tests record (``VXDEPLOY_ZOO_RESULTS=rows.jsonl``).
+
+Usage: ``python -m tests.zoo.table rows.jsonl``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def _int8(q: dict[str, Any] | None) -> str:
+    """Static and dynamic INT8 verdicts of the calibration gate, with the figure they were judged by."""
+    if not q:
+        return "n/a"
+    cosine = q.get("min_cosine")
+    static = "static yes" if q.get("accepted") else "static no"
+    text = f"{static} ({q.get('method')}, min per-row cosine {cosine:.4f})" if cosine is not None else static
+    if "dynamic_accepted" in q:
+        dyn_cos = q.get("dynamic_min_cosine")
+        verdict = "yes" if q.get("dynamic_accepted") else "no"
+        text += f"; dynamic {verdict}" + (
+            f" (min per-row cosine {dyn_cos:.4f})" if dyn_cos is not None else ""
+        )
+    if q.get("judged_by"):
+        text += f"; {q['judged_by']}"
+    return text
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| model | weights | rc | selected | speedup (IQR) | INT8 accepted (metric) | wall s |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        sp = r.get("speedup") or {}
+        ratio = next((v for k, v in sp.items() if not k.startswith("speedup_iqr")), "")
+        iqr = next((v for k, v in sp.items() if k.startswith("speedup_iqr")), "")
+        speed = f"{ratio}x ({iqr})" if isinstance(ratio, (int, float)) else f"{ratio} ({iqr})"
+        lines.append(
+            f"| {r['model']} | {r['weights']} | {r['rc']} | {r['selected']} | {speed} | "
+            f"{_int8(r.get('quantization'))} | {r['wall_s']} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    with open(argv[0]) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    sys.stdout.write(render(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
