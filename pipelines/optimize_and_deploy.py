@@ -65,7 +65,8 @@ def optimize_and_deploy(
         build_accelerator_type: GPU that compiles and measures the candidates. Set it to the
             serving GPU (deployment.accelerator_type): a TensorRT engine only serves on the GPU
             type it was built on. Empty builds on CPU.
-        build_accelerator_count: GPUs for the build tasks (1 with a build accelerator, else 0).
+        build_accelerator_count: GPUs for the build, measurement and serve-check tasks: the
+            deployment's accelerator_count with a build accelerator, else 0.
     """
     run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
     exit_task = rollback_on_failure(deployment=deployment, run_id=run_id)

@@ -419,6 +419,7 @@ def quantize_dynamic_onnxruntime(
     needed and the ranges fit each batch. Attention's activation-by-activation MatMuls, softmax,
     layer norm and mask arithmetic stay float.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = Path(out_path)
@@ -432,7 +433,9 @@ def quantize_dynamic_onnxruntime(
             reduce_range=effective_reduce_range(cfg),
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(nodes_to_exclude),
-            extra_options={"MatMulConstBOnly": True},
+            # Fused contrib operators (SkipLayerNormalization, BiasGelu) carry no type ONNX can
+            # infer; their outputs are float.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     tmp.replace(out)
     return out
@@ -455,6 +458,9 @@ def fuse_transformer(fp32_path: str | Path, out_path: str | Path) -> dict[str, i
             str(fp32_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False
         )
         stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+        # The fusion passes keep the source's value_info, which no longer fits the fused nodes
+        # (a ViT's classifier shape lands on a hidden-size tensor): drop it, shapes are re-inferred.
+        del optimized.model.graph.value_info[:]
         out = Path(out_path)
         tmp = out.with_name(out.name + ".part")
         optimized.save_model_to_file(str(tmp))

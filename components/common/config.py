@@ -1002,7 +1002,9 @@ class RunConfig(_Section):
         }
         gpu = self.deployment.accelerator_type if build_on_accelerator else ""
         params["build_accelerator_type"] = gpu
-        params["build_accelerator_count"] = 1 if gpu else 0
+        # The serving machine's own shape (type and count): the build, measurement and serve-check
+        # tasks then land on a machine Vertex can give and the serve check sees every serving GPU.
+        params["build_accelerator_count"] = self.deployment.accelerator_count if gpu else 0
         return params
 
 
