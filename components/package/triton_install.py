@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.common.images import PYTRITON_VERSION
-from components.package.tritonserver import TritonInstall, find_bundled_triton
+from components.package.tritonserver import (
+    PYTRITON_HOME_ENV,
+    TritonInstall,
+    find_bundled_triton,
+    pytriton_home,
+)
 
 SERVING_IMAGE_TRITON = Path("/opt/tritonserver")
 TRITON_ROOT_ENV = "VXDEPLOY_TRITON_ROOT"
 """Overrides where the serving image's Triton is (default ``/opt/tritonserver``)."""
-PYTRITON_HOME_ENV = "VXDEPLOY_PYTRITON_HOME"
-"""Where the local stand-in lives (default ``<sys.prefix>/share/vxdeploy/pytriton``: inside the virtual
-environment's folder, but not on its ``sys.path``, so its pins never reach the environment)."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,6 @@ def find_serve_check_server() -> tuple[ServeCheckServer | None, str]:
         names = frozenset(p.name for p in image.backends.iterdir() if p.is_dir())
         return ServeCheckServer(image, "serving-image", names), ""
     bundled, _ = find_bundled_triton()
-    if bundled is None:
-        bundled, _ = find_bundled_triton(search_path=[str(pytriton_home())])
     if bundled is not None:
         return ServeCheckServer(bundled, "bundled", frozenset({"python"})), ""
     return None, (
@@ -91,12 +91,6 @@ def find_serve_check_server() -> tuple[ServeCheckServer | None, str]:
         f"nvidia-pytriton pins numpy<2, which does not apply to the server binary), run the check in the "
         "serving image, or set triton.serve_check: best_effort / off"
     )
-
-
-def pytriton_home() -> Path:
-    """The folder the local stand-in is installed into (``$VXDEPLOY_PYTRITON_HOME``)."""
-    home = os.environ.get(PYTRITON_HOME_ENV)
-    return Path(home) if home else Path(sys.prefix) / "share" / "vxdeploy" / "pytriton"
 
 
 def install_bundled_triton(home: Path | None = None) -> Path:

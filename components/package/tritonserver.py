@@ -52,16 +52,29 @@ class TritonInstall:
     None: the bundled Python backend, prepared per server by :func:`prepare_backends`."""
 
 
+PYTRITON_HOME_ENV = "VXDEPLOY_PYTRITON_HOME"
+"""Where the local stand-in lives (default ``<sys.prefix>/share/vxdeploy/pytriton``: inside the virtual
+environment's folder, but not on its ``sys.path``, so its pins never reach the environment)."""
+
+
+def pytriton_home() -> Path:
+    """The folder ``make setup`` installs nvidia-pytriton into (``$VXDEPLOY_PYTRITON_HOME``)."""
+    home = os.environ.get(PYTRITON_HOME_ENV)
+    return Path(home) if home else Path(sys.prefix) / "share" / "vxdeploy" / "pytriton"
+
+
 def find_bundled_triton(
     package_name: str = "pytriton", search_path: Sequence[str] | None = None
 ) -> tuple[TritonInstall | None, str]:
     """The Triton bundled in ``package_name`` (nvidia-pytriton's), or None and why it cannot run here.
 
-    ``search_path``: folders to find the package in instead of this interpreter's ``sys.path``
-    (a ``pip install --target`` folder outside the environment).
+    ``search_path``: folders to find the package in; default: this interpreter's ``sys.path``,
+    then :func:`pytriton_home` (the ``pip install --target`` folder outside the environment).
     """
     if search_path is None:
         spec = importlib.util.find_spec(package_name)
+        if spec is None:
+            spec = importlib.machinery.PathFinder.find_spec(package_name, [str(pytriton_home())])
     else:
         spec = importlib.machinery.PathFinder.find_spec(package_name, list(search_path))
     if spec is None or not spec.submodule_search_locations:

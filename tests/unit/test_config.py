@@ -53,6 +53,22 @@ def test_pipeline_parameters_round_trip_through_the_sections() -> None:
     assert again.batch_sizes == [1, 4]
 
 
+def test_build_and_serve_check_tasks_get_the_serving_machines_gpu_type_and_count() -> None:
+    config = parse_config(
+        {
+            "deployment": {
+                "machine_type": "a3-highgpu-2g",
+                "accelerator_type": "NVIDIA_H100_80GB",
+                "accelerator_count": 2,
+            }
+        }
+    )
+
+    params = config.to_pipeline_parameters()
+
+    assert (params["build_accelerator_type"], params["build_accelerator_count"]) == ("NVIDIA_H100_80GB", 2)
+
+
 def test_ints_that_kfp_turned_into_floats_are_accepted() -> None:
     section = parse_section(SelectionConfig, {"batch_sizes": [1.0, 8.0], "min_iterations": 5.0}, "selection")
 
