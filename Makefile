@@ -4,13 +4,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# The tested versions of everything (.ci/lock.py writes it; pyproject.toml has the ranges).
+LOCK := containers/constraints.txt
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))
+# On a machine without an NVIDIA driver, torch comes from PyTorch's CPU index (PyPI's default torch
+# wheel is the multi-GB CUDA build). Where that index is unreachable, pip's find-links still serve
+# a local CPU wheel (this VM's /opt/wheels). Set TORCH_INDEX_URL= to take PyPI's build.
+TORCH_INDEX_URL ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+# mypy resolves vxdeploy.components / vxdeploy.pipelines through these links to the folders.
+LAYOUT := build/layout/vxdeploy
 
-.PHONY: setup demo test compile check-compiled lint format bench images clean gpu-check gpu-wheels
+.PHONY: setup demo test compile check-compiled lint format bench images clean gpu-check gpu-wheels lock layout
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --upgrade -c $(LOCK) pip setuptools wheel
+	$(BIN)/python -m pip install -q --no-deps $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) 'torch==$(TORCH_VERSION)'
+	$(BIN)/python -m pip install -q -c $(LOCK) -e '.[all,dev]'
 	# nvidia-pytriton carries a real tritonserver binary for the local serve check; its numpy<2 pin
 	# does not apply to that binary, so it goes outside the environment's sys.path
 	# (.venv/share/vxdeploy/pytriton, without its dependencies): `pip check` stays clean.
@@ -31,7 +41,13 @@ compile: setup  ## regenerate compiled/optimize_and_deploy.yaml
 check-compiled: setup  ## fail when compiled/ differs from what the source compiles to
 	$(BIN)/python -m pipelines.compile --check
 
-lint: setup
+layout:  ## build/layout/vxdeploy/{components,pipelines,compiled}: links mypy reads the package through
+	mkdir -p $(LAYOUT) && for d in components pipelines compiled; do ln -sfn ../../../$$d $(LAYOUT)/$$d; done
+
+lock: setup  ## rewrite containers/constraints.txt from this environment (after changing a range in pyproject.toml)
+	$(BIN)/python .ci/lock.py
+
+lint: setup layout
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -56,6 +72,8 @@ gpu-wheels: setup
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	  --platform manylinux2014_x86_64 -d .whl $$($(BIN)/python -c "from importlib.metadata import version; \
 	  print(*(f'{n}=={version(n)}' for n in ('pydantic', 'pydantic_core', 'annotated-types', 'typing-inspection')))")
+	# and vxdeploy itself (pure Python): the lent machine imports the package as installed.
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w .whl .
 
 images:  ## build and push the containers (needs a Docker daemon; REGISTRY=...)
 	bash containers/build.sh

@@ -1,16 +1,19 @@
 """Check ``make bench``'s speed-ups against each runner timed alone, in a fresh process of its own.
 
-``benchmarks.run`` times PyTorch eager and every candidate in interleaved rounds in one process.
-A speed-up measured that way could still be an artefact of sharing the process (allocator and
-thread-pool state, one runtime's threads still spinning while the next runs). This script times
-eager and each candidate *alone*, each in a new Python process, alternating eager and candidate
-``--repeats`` times so that both see the same load, and compares the median alone-ratio with the
-interleaved one. A ratio is consistent when the two agree within ``--tolerance`` (20 %).
+``benchmarks.run`` times PyTorch eager and every candidate in interleaved rounds, each runner in a
+worker process of its own (:mod:`components.select.isolated`) while the measuring process says
+which one runs when. This script checks that the ratios it reports hold up: it times eager and
+each candidate *alone*, each in a new Python process started after the previous one exited, at
+every batch size the bench reported, eager right before each candidate so that both see the
+same load, ``--repeats`` times, and compares the median alone-ratio with the interleaved one for
+every (runner, batch) pair. A ratio is consistent when the two agree within ``--tolerance``
+(20 %); the exit status is 1 when any pair does not. The table is printed and the figures go to
+``results/<model>_isolation.json``.
 
 Usage::
 
     .venv/bin/python -m benchmarks.run --models minilm --keep-work /tmp/vx-bench
-    .venv/bin/python -m benchmarks.isolation --work /tmp/vx-bench/minilm --batch 32
+    .venv/bin/python -m benchmarks.isolation --work /tmp/vx-bench/minilm
 """
 
 from __future__ import annotations
@@ -20,62 +23,60 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from components.common.stage import markdown_table, write_json
+from components.select.isolated import MEASUREMENT_ENV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EAGER = "pytorch_eager"
 
 
-def _bench_model(name: str, batch: int) -> Any:
-    """The same model and data ``benchmarks.run`` built (every builder is seeded)."""
-    from benchmarks import run
-
-    if name == "digits":
-        return run.digits(max(batch, 8), Path(tempfile.mkdtemp(prefix="vx-iso-")))
-    if name == "resnet50":
-        return run.resnet50(max(batch, 8), int(os.environ.get("VX_IMAGE_SIZE", "224")))
-    return run.transformer(name, max(batch, 8))
-
-
-def child(work: Path, runner_name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Time one runner alone at ``batch`` (this process runs nothing else)."""
+def child(work: Path, runner_name: str, batches: list[int], args: argparse.Namespace) -> dict[str, Any]:
+    """Time one runner alone at each of ``batches`` (this process runs nothing else)."""
+    from benchmarks.models import EAGER_FILE, EVAL_FILE, eager_runner
     from components.common.data import Dataset
     from components.compile.candidates import read_manifest
     from components.select.benchmark import batch_feeds, measure_latency
     from components.select.runners import load_candidate_runner
-    from components.verify.runners import Runner, TorchRunner
+    from components.verify.runners import Runner
 
     manifest = read_manifest(work / "candidates")
     signature = manifest.model_signature()
-    bm = _bench_model(work.name, batch)
-    rename = dict(zip(list(bm.evaluation.inputs), signature.input_names, strict=True))
-    data = Dataset({rename[k]: v for k, v in bm.evaluation.inputs.items()})
+    with np.load(work / EVAL_FILE) as npz:
+        data = Dataset({k: npz[k] for k in npz.files})
     runner: Runner
     if runner_name == EAGER:
-        runner = TorchRunner(EAGER, bm.module, signature)
+        runner = eager_runner(str(work / EAGER_FILE), signature)
     else:
         cand = next(c for c in manifest.candidates if c.name == runner_name)
         runner = load_candidate_runner(cand, work / "candidates", signature)
+    out: dict[str, Any] = {"runner": runner_name, "batches": {}}
     try:
-        lat = measure_latency(
-            runner,
-            batch_feeds(data, batch),
-            warmup=args.warmup,
-            min_iterations=args.min_iterations,
-            min_seconds=args.min_seconds,
-        )
+        for b in batches:
+            if runner.max_batch is not None and b > runner.max_batch:
+                continue
+            lat = measure_latency(
+                runner,
+                batch_feeds(data, b),
+                warmup=args.warmup,
+                min_iterations=args.min_iterations,
+                min_seconds=args.min_seconds,
+            )
+            out["batches"][str(b)] = {
+                "p50_ms": lat.p50_ms,
+                "throughput": lat.throughput,
+                "iqr_pct": lat.iqr_pct,
+            }
     finally:
         runner.close()
-    return {"runner": runner_name, "p50_ms": lat.p50_ms, "throughput": lat.throughput, "iqr_pct": lat.iqr_pct}
+    return out
 
 
-def _time_alone(work: Path, runner_name: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+def _time_alone(work: Path, runner_name: str, batches: list[int], args: argparse.Namespace) -> dict[str, Any]:
     cmd = [
         sys.executable,
         "-m",
@@ -84,8 +85,8 @@ def _time_alone(work: Path, runner_name: str, batch: int, args: argparse.Namespa
         runner_name,
         "--work",
         str(work),
-        "--batch",
-        str(batch),
+        "--batches",
+        *[str(b) for b in batches],
         "--warmup",
         str(args.warmup),
         "--min-iterations",
@@ -93,7 +94,8 @@ def _time_alone(work: Path, runner_name: str, batch: int, args: argparse.Namespa
         "--min-seconds",
         str(args.min_seconds),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    env = {**os.environ, **MEASUREMENT_ENV}  # as the bench's workers run
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"timing {runner_name} alone failed:\n{done.stderr[-2000:]}")
     last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
@@ -101,52 +103,62 @@ def _time_alone(work: Path, runner_name: str, batch: int, args: argparse.Namespa
     return result
 
 
-def check(work: Path, results: Path, batch: int, args: argparse.Namespace) -> dict[str, Any]:
-    """Alone-vs-interleaved ratios for every candidate the bench measured at ``batch``."""
+def check(work: Path, results: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Alone-vs-interleaved ratios for every (candidate, batch) the bench reported."""
     bench = json.loads(results.read_text())
-    interleaved = {
-        name: by_batch[str(batch)]
-        for name, by_batch in bench["ratios_vs_pytorch_eager"].items()
-        if str(batch) in by_batch
+    interleaved: dict[str, dict[str, Any]] = {
+        name: by_batch for name, by_batch in bench["ratios_vs_pytorch_eager"].items() if name != EAGER
     }
-    names = [n for n in interleaved if n != EAGER]
     if args.runners:
-        names = [n for n in names if n in args.runners]
-    alone: dict[str, list[float]] = {n: [] for n in names}
-    eager_runs: list[float] = []
+        interleaved = {n: v for n, v in interleaved.items() if n in args.runners}
+    batches = sorted({int(b) for by_batch in interleaved.values() for b in by_batch})
+    if args.batches:
+        batches = [b for b in batches if b in args.batches]
+    alone: dict[tuple[str, str], list[float]] = {}
+    eager_runs: list[dict[str, float]] = []
+    load: list[list[float]] = []
     for r in range(args.repeats):
-        for name in names:
+        for name, by_batch in interleaved.items():
+            mine = [b for b in batches if str(b) in by_batch]
             # Eager right before each candidate: the pair shares the machine's load of the moment.
-            eager = _time_alone(work, EAGER, batch, args)["throughput"]
-            cand = _time_alone(work, name, batch, args)["throughput"]
-            eager_runs.append(eager)
-            alone[name].append(cand / eager)
-            print(f"repeat {r + 1}: {name} alone {cand / eager:.2f}x eager", flush=True)
+            load.append([round(x, 2) for x in os.getloadavg()])
+            eager = _time_alone(work, EAGER, mine, args)["batches"]
+            cand = _time_alone(work, name, mine, args)["batches"]
+            eager_runs.append({b: round(v["throughput"], 3) for b, v in eager.items()})
+            for b, v in cand.items():
+                ratio = v["throughput"] / eager[b]["throughput"]
+                alone.setdefault((name, b), []).append(ratio)
+                print(f"repeat {r + 1}: {name} b{b} alone {ratio:.2f}x eager", flush=True)
     rows = []
-    for name in names:
-        ratio_alone = float(np.median(alone[name]))
-        ratio_inter = float(interleaved[name]["ratio"])
-        deviation = ratio_alone / ratio_inter - 1.0
+    for (name, b), values in alone.items():
+        inter = interleaved[name][b]
+        ratio_alone = float(np.median(values))
+        ratio_inter = float(inter["ratio"])
+        deviation = ratio_inter / ratio_alone - 1.0
         rows.append(
             {
                 "runner": name,
-                "interleaved_ratio": round(ratio_inter, 3),
-                "interleaved_iqr": f"{interleaved[name]['p25']:.2f}-{interleaved[name]['p75']:.2f}",
-                "alone_ratio_median": round(ratio_alone, 3),
-                "alone_ratios": [round(x, 3) for x in alone[name]],
-                "deviation_pct": round(100 * deviation, 1),
+                "batch": int(b),
+                "in_process_ratio": round(ratio_inter, 3),
+                "in_process_iqr": f"{inter['p25']:.2f}-{inter['p75']:.2f}",
+                "alone_ratio": round(ratio_alone, 3),
+                "alone_ratios": [round(x, 3) for x in values],
+                "diff_pct": round(100 * deviation, 1),
                 "within_tolerance": abs(deviation) <= args.tolerance,
             }
         )
+    rows.sort(key=lambda row: (row["runner"], row["batch"]))
     return {
         "model": work.name,
-        "batch": batch,
+        "batches": batches,
         "repeats": args.repeats,
         "tolerance": args.tolerance,
-        "eager_alone_throughput": [round(x, 2) for x in eager_runs],
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "bench_load_average": [bench.get("load_average_before"), bench.get("load_average_after")],
+        "eager_alone_throughput": eager_runs,
+        "load_average_per_pair": load,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "rows": rows,
-        "all_within_tolerance": all(r["within_tolerance"] for r in rows),
+        "all_within_tolerance": bool(rows) and all(r["within_tolerance"] for r in rows),
     }
 
 
@@ -158,8 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--results", type=Path, default=None, help="its results JSON (default: results/<model>.json)"
     )
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batches", nargs="*", type=int, default=[], help="only these (default: all reported)")
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--runners", nargs="*", default=[], help="only these candidates (default: all measured)")
     p.add_argument("--tolerance", type=float, default=0.20)
     p.add_argument("--warmup", type=int, default=2)
@@ -173,16 +185,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.work, args.child, args.batch, args)))
+        print(json.dumps(child(args.work, args.child, args.batches, args)))
         return 0
     results = args.results or args.out / f"{args.work.name}.json"
-    outcome = check(args.work, results, args.batch, args)
-    print(markdown_table(outcome["rows"]))
+    outcome = check(args.work, results, args)
+    table = [{k: v for k, v in row.items() if k != "alone_ratios"} for row in outcome["rows"]]
+    print(markdown_table(table))
     print(
-        f"load average: {outcome['load_average']}; all within ±{100 * args.tolerance:.0f} %: "
-        f"{outcome['all_within_tolerance']}"
+        f"load average per pair: {outcome['load_average_per_pair']}; "
+        f"all within ±{100 * args.tolerance:.0f} %: {outcome['all_within_tolerance']}"
     )
-    write_json(args.out / f"{args.work.name}_isolation_b{args.batch}.json", outcome)
+    write_json(args.out / f"{args.work.name}_isolation.json", outcome)
     return 0 if outcome["all_within_tolerance"] else 1
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from components.common.signature import ModelSignature
+from components.verify.runners import TorchRunner
+
 
 class Bottleneck(nn.Module):
     """ResNet v1.5 bottleneck: 1x1 reduce, 3x3 (strided), 1x1 expand, plus the shortcut."""
@@ -238,3 +241,17 @@ def resnet50_trained_like(
         fc.bias.copy_(((bias - mean.squeeze(0) @ weight) * scale).float())
     model.fc = fc
     return model.eval()
+
+
+EAGER_FILE = "eager_module.pt"
+"""A benchmark model's eager module, saved whole in its work folder (``benchmarks.run.save_eager``)."""
+EVAL_FILE = "eval_inputs.npz"
+"""Its evaluation inputs, beside it."""
+
+
+def eager_runner(module_path: str, signature: ModelSignature) -> TorchRunner:
+    """PyTorch eager from an :data:`EAGER_FILE`: the recipe the timing workers and
+    ``benchmarks.isolation``'s children open (it must live in an importable module, not ``__main__``)."""
+    module = torch.load(module_path, weights_only=False)
+    module.eval()
+    return TorchRunner("pytorch_eager", module, signature)

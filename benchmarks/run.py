@@ -27,13 +27,18 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from benchmarks.models import (
+    EAGER_FILE,
+    EVAL_FILE,
+    eager_runner,
     labelled_images,
     minilm_pretrained,
     resnet50_trained_like,
@@ -259,6 +264,14 @@ def prepare(
     return sources, {"timings": {k: round(v, 2) for k, v in timings.items()}, "calibration": calibration}
 
 
+def save_eager(bm: BenchModel, work: Path) -> Path:
+    """The eager module (whole, pickled) and the evaluation inputs, for runners timed in other processes."""
+    path = work / EAGER_FILE
+    torch.save(bm.module, str(path))
+    np.savez(work / EVAL_FILE, **bm.evaluation.inputs)  # type: ignore[arg-type]
+    return path
+
+
 def ratios(result: BenchmarkResult) -> dict[str, dict[str, dict[str, Any]]]:
     """Each runner's throughput ratio to PyTorch eager per batch size, from the same interleaved rounds.
 
@@ -305,9 +318,19 @@ def bench_model(bm: BenchModel, args: argparse.Namespace) -> dict[str, Any]:
         )
         from components.select.benchmark import benchmark_candidates
 
-        reference = TorchRunner("pytorch_eager", bm.module, manifest.model_signature())
+        signature = manifest.model_signature()
+        reference = TorchRunner("pytorch_eager", bm.module, signature)
+        # Eager is timed in a process of its own like every candidate: saved whole, loaded there.
+        eager_path = save_eager(bm, work)
         start = time.perf_counter()
-        result = benchmark_candidates(manifest, work / "candidates", reference, bm.evaluation, selection)
+        result = benchmark_candidates(
+            manifest,
+            work / "candidates",
+            reference,
+            bm.evaluation,
+            selection,
+            reference_opener=partial(eager_runner, str(eager_path), signature),
+        )
         measure_s = time.perf_counter() - start
         decision = select_candidate(result.figures, selection)
     load_after = os.getloadavg()

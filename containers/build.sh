@@ -3,11 +3,11 @@
 #
 #   REGISTRY=us-docker.pkg.dev/PROJECT/REPO containers/build.sh [--print] [--no-push] [IMAGE...]
 #
-# Tags and build args come from components/common/images.py (tags derive from the package
-# version), so they are the tags the compiled pipeline names when it is compiled with
-# VXDEPLOY_REGISTRY set to the same REGISTRY. --print lists the tags and build args and stops;
-# it needs no Docker. Building needs a reachable Docker daemon with BuildKit (the default since
-# Docker 23), which reads each Dockerfile's own .dockerignore.
+# Tags (VERSION-REVISION, the revision a digest of the image sources: 0.1.0-3f9c2a7d41be) and build
+# args come from components/common/images.py: the tags a pipeline compiled from the same sources
+# for the same REGISTRY names. --print lists tags and build args and stops; it needs no Docker.
+# Building needs a reachable Docker daemon with BuildKit (the default since Docker 23), which
+# reads each Dockerfile's own .dockerignore.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,13 +23,18 @@ for arg in "$@"; do
   case "${arg}" in
     --print) PRINT_ONLY=1 ;;
     --no-push) PUSH=0 ;;
-    -h|--help) sed -n '2,11p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 0 ;;
     -*) echo "build.sh: unknown option ${arg}" >&2; exit 2 ;;
     *) NAMES+=("${arg}") ;;
   esac
 done
 
-images() { (cd "${ROOT}" && "${PYTHON}" -m components.common.images "$@"); }
+# images.py imports nothing but the standard library: it runs as a file, installed or not.
+images() { "${PYTHON}" "${ROOT}/components/common/images.py" "$@"; }
+# VERSION-REVISION (a digest of the image sources), read once so that every image of this build
+# gets the same tag even if a file changes meanwhile; a changed source is a new tag, never an old one.
+VXDEPLOY_IMAGE_TAG="${VXDEPLOY_IMAGE_TAG:-$(images image-tag)}"
+export VXDEPLOY_IMAGE_TAG
 if [[ ${#NAMES[@]} -eq 0 ]]; then mapfile -t NAMES < <(images names); fi
 
 if [[ ${PRINT_ONLY} -eq 0 ]]; then

@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     print(f"vxdeploy: running locally in {workdir}", flush=True)
     with signals_raise():  # SIGTERM unwinds like Ctrl-C: temp folders go, the report says so
-        result = run_local(config, workdir)
+        result = run_local(config, workdir, verbose=args.verbose)
     print_result(result)
     return result.exit_code
 
@@ -87,6 +87,14 @@ def _validated_subject(args: argparse.Namespace) -> str:
     if args.set:
         parts.append(f"{len(args.set)} --set override(s)")
     return ", ".join(parts)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import rebuild_reports
+
+    for kind, path in rebuild_reports(args.run_dir).items():
+        print(f"wrote {kind}: {path}")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -126,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="run under kfp.local on this machine")
     p.add_argument("--workdir", help="where outputs go (default ./vxdeploy-runs/<timestamp>/)")
     p.add_argument("--api-endpoint", help="Vertex AI API endpoint (e.g. a local fake); enables deployment")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream every task's output as it runs (default: a line per stage; output in <workdir>/logs/)",
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
 
@@ -140,12 +153,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser(
+        "report", help="rebuild report.json, report.md and report.html from a local run's stage reports"
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run's --workdir (it holds pipeline_root/)")
+    p.set_defaults(func=cmd_report)
+
     _add_cloud_commands(sub)
     return parser
 
 
+# The optional distributions a command may miss, by top-level module: what to install for them.
+_EXTRA_OF_MODULE = {
+    **dict.fromkeys(("kfp", "google", "google_cloud_pipeline_components"), "cloud"),
+    **dict.fromkeys(
+        ("torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter_common", "sklearn", "numpy"), "all"
+    ),
+    **dict.fromkeys(("tritonclient", "matplotlib", "markdown_it", "rich"), "all"),
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """What to install when ``exc`` is a missing optional dependency (None for any other module)."""
+    extra = _EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+    if extra is None:
+        return None
+    return (
+        f"this command needs the Python module {exc.name!r}, which this installation lacks; "
+        f"install it with `pip install 'vxdeploy[{extra}]'`"
+    )
+
+
 def _add_cloud_commands(sub: Any) -> None:
-    from pipelines import rollback, schedule, submit
+    try:
+        from pipelines import rollback, schedule, submit
+    except ModuleNotFoundError as exc:  # core install: the commands are there, and say what they need
+        if missing_extra(exc) is None:
+            raise
+        for name in ("submit", "schedule", "rollback"):
+            help_ = f"{name} (needs `pip install 'vxdeploy[cloud]'`)"
+            p = sub.add_parser(name, help=help_, add_help=False, prefix_chars="\0")  # takes any argument
+            p.add_argument("args", nargs="*")
+            p.set_defaults(func=lambda _args, missing=exc: _raise(missing))
+        return
 
     submit.add_submit_arguments(sub)
     schedule.add_schedule_arguments(sub)
@@ -167,14 +217,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vxdeploy: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(exc)
+        if hint is None:
+            return _internal_error(exc)
+        print(f"vxdeploy: error: {hint}", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug: one line here, the traceback in a file
-        log = _log_traceback(exc)
-        print(
-            f"vxdeploy: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
-            f"(a bug in vxdeploy or its environment; traceback in {log})",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal_error(exc)
+
+
+def _raise(exc: BaseException) -> int:
+    raise exc
+
+
+def _internal_error(exc: BaseException) -> int:
+    log = _log_traceback(exc)
+    print(
+        f"vxdeploy: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+        f"(a bug in vxdeploy or its environment; traceback in {log})",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _one_line(text: str) -> str:

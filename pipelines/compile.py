@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import yaml
 from google.protobuf import json_format
 from kfp.compiler import pipeline_spec_builder
 from kfp.pipeline_spec import pipeline_spec_pb2
@@ -53,17 +55,38 @@ def compile_pipeline(output: Path, registry: str | None = None) -> Path:
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=output.parent, delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
-        pipeline_spec_builder.write_pipeline_spec_to_file(
-            pipeline_spec=spec,
-            pipeline_description=optimize_and_deploy.description,
-            platform_spec=optimize_and_deploy.platform_spec,
-            package_path=str(tmp_path),
-        )
-        tmp_path.write_text(_stable_header(tmp_path.read_text()))
+        tmp_path.write_text(_spec_yaml(spec))
         tmp_path.replace(output)
     finally:
         tmp_path.unlink(missing_ok=True)
     return output
+
+
+def _spec_yaml(spec: pipeline_spec_pb2.PipelineSpec) -> str:
+    """The YAML kfp writes (header comment, spec, platform spec), with numbers of their own types.
+
+    Protobuf keeps every number as a double, so kfp writes an int default as ``19.0`` and a list
+    of ints as ``[10.0, ...]``; the console then shows floats. The root defaults are written as the
+    pipeline function declares them, and any other integer parameter's default as an integer.
+    """
+    spec_dict = json_format.MessageToDict(spec)
+    declared = inspect.signature(optimize_and_deploy.pipeline_func).parameters
+    root = spec_dict["root"].get("inputDefinitions", {}).get("parameters", {})
+    for name, definition in root.items():
+        if "defaultValue" in definition and name in declared:
+            definition["defaultValue"] = declared[name].default
+    for component in spec_dict.get("components", {}).values():
+        for definition in component.get("inputDefinitions", {}).get("parameters", {}).values():
+            value = definition.get("defaultValue")
+            if definition.get("parameterType") == "NUMBER_INTEGER" and isinstance(value, float):
+                definition["defaultValue"] = int(value)
+    header = pipeline_spec_builder.extract_comments_from_pipeline_spec(
+        spec_dict, optimize_and_deploy.description
+    )
+    documents = [spec_dict]
+    if optimize_and_deploy.platform_spec.platforms:
+        documents.append(json_format.MessageToDict(optimize_and_deploy.platform_spec))
+    return _stable_header(header + yaml.dump_all(documents, sort_keys=True))
 
 
 def _use_registry(spec: pipeline_spec_pb2.PipelineSpec, registry: str) -> None:
@@ -78,8 +101,13 @@ def _use_registry(spec: pipeline_spec_pb2.PipelineSpec, registry: str) -> None:
         if container is None:
             continue
         container["image"] = imported.get(container["image"], container["image"])
-        env = [e for e in container.get("env", []) if e.get("name") != images.REGISTRY_ENV]
-        container["env"] = [*env, {"name": images.REGISTRY_ENV, "value": registry}]
+        ours = (images.REGISTRY_ENV, images.TAG_ENV)
+        env = [e for e in container.get("env", []) if e.get("name") not in ours]
+        container["env"] = [
+            *env,
+            {"name": images.REGISTRY_ENV, "value": registry},
+            {"name": images.TAG_ENV, "value": images.image_tag()},  # the images' own tag, in every task
+        ]
     spec.deployment_spec.Clear()
     spec.deployment_spec.update(deployment)
 

@@ -31,8 +31,9 @@ _HEADER = """\
 
 A run is configured by one YAML file (`--config run.yaml`) with one mapping per section below;
 every field is optional and defaults to the value shown, which runs offline on the embedded
-digits model. On Vertex AI each section is one pipeline
-parameter of the same name (a JSON object), editable in the console's run form.
+digits model. On Vertex AI the run form shows the [pipeline parameters](#pipeline-parameters):
+flat, typed parameters for what changes per run, and one optional JSON object per section that
+overrides any other field of that section (merged over its defaults by the first task).
 
 A value outside what a field allows fails the run before any work, naming the field, the value and
 what is allowed (`canary.steps=[10, 50]: give increasing percentages ...`). Unknown fields are
@@ -141,9 +142,32 @@ def _doc(model: type[BaseModel]) -> str:
     return inspect.cleandoc(model.__doc__ or "").strip()
 
 
+def _pipeline_parameters() -> list[str]:
+    """The compiled pipeline's flat parameters: the config field each sets, its default and its help."""
+    from components.common.run_parameters import FLAT_PARAMETERS, root_parameter_defaults
+    from pipelines.optimize_and_deploy import optimize_and_deploy
+
+    declared = optimize_and_deploy.pipeline_spec.root.input_definitions.parameters
+    defaults = root_parameter_defaults()
+    lines = [
+        "## Pipeline parameters\n",
+        "The compiled pipeline's flat parameters, each setting one field (the CLI's `--config` and "
+        "`--set` map onto the same parameters). Every section is also a parameter of its own name: "
+        "a JSON object of that section's other fields, default `{}`. "
+        "`build_on_accelerator` (default `true`) compiles and measures on `accelerator_type`; "
+        "`false` builds on the task's CPU, as `vxdeploy run --local` does.\n",
+        "| parameter | sets | default | description |",
+        "|---|---|---|---|",
+    ]
+    for p in FLAT_PARAMETERS:
+        help_text = _cell(declared[p.name].description)
+        lines.append(f"| `{p.name}` | `{p.path}` | `{json.dumps(defaults[p.name])}` | {help_text} |")
+    return [*lines, ""]
+
+
 def render_configuration_reference() -> str:
     """The whole Markdown reference: every section's fields, types, defaults, bounds and descriptions."""
-    out = [_HEADER]
+    out = [_HEADER, *_pipeline_parameters()]
     out.append("## Sections\n")
     out += [
         f"- [`{name}`](#{name.replace('_', '-')}): {_doc(_section_class(name)).splitlines()[0]}"

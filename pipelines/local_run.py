@@ -1,15 +1,19 @@
 """Run the pipeline on this machine with ``kfp.local`` and write the run's report.
 
-Each task's output goes to the terminal and to ``<workdir>/logs/<task>.log``; a failing task's
-traceback goes to its log only. Ctrl-C or SIGTERM ends every task and server the run started,
-writes the report with status ``interrupted`` and leaves no temp folders. The workdir is made only
-once the preflight checks passed, and a failed or interrupted task's partial outputs are removed.
+Each task's output (kfp's executor input and logs, the stage's own lines) goes to
+``<workdir>/logs/<task>.log``; the terminal gets a line as each stage starts and ends, with the
+progress of long work in between (:mod:`pipelines.terminal`), or, with ``verbose``, every task's
+output as it comes (a failing task's traceback still goes to its log only). Ctrl-C or SIGTERM ends
+every task and server the run started, writes the report with status ``interrupted`` and leaves no
+temp folders. The workdir is made only once the preflight checks passed, and a failed or
+interrupted task's partial outputs are removed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import re
 import shutil
@@ -30,7 +34,9 @@ from components.common.interrupts import (
     session_of,
     signals_raise,
 )
+from components.common.progress import PROGRESS_FILE_ENV, progress_file
 from components.common.stage import error_record, write_failure_report
+from components.report.build import stage_headline
 from pipelines.report import (
     STAGE_TASKS,
     build_report,
@@ -38,6 +44,7 @@ from pipelines.report import (
     load_stage_reports,
     write_reports,
 )
+from pipelines.terminal import ProgressTail, RunView, kfp_local_warnings_filtered
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOG_TAIL_LINES = 12
@@ -46,7 +53,8 @@ MESSAGE_LINES = 8  # lines of a failing stage's message shown under its first
 STOP_GRACE_S = 3.5
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK_START = re.compile(r"Executing task '([^']+)'")
-_TASK_END = re.compile(r"Task '([^']+)' finished with status")
+_TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_RULE = re.compile(r"^-{20,}\s*$")  # kfp's line after a task's outputs
 # The executor's input, which kfp prints as indented JSON first: no help in a failure's tail.
 _JSON_LINE = re.compile(r'^\s*("[^"]*"\s*:.*|[\[\]{}(),]+|"[^"]*",?)\s*$')
 
@@ -157,22 +165,40 @@ def _enable_task_output_conditions() -> None:
 
 
 class TaskLogs(io.TextIOBase):
-    """Stands in for ``sys.stdout`` while kfp.local runs: each task's lines also go to its log file.
+    """Stands in for ``sys.stdout`` while kfp.local runs: each task's lines go to its log file.
 
     kfp prints a task's streamed output and its own ``Executing task 'NAME'`` / ``Task 'NAME'
-    finished`` lines to ``sys.stdout``; those lines tell which task the output belongs to. From a
-    ``Traceback`` line to the end of the task, lines go to the log only: the run ends with the
-    error's message and the log's path instead.
+    finished`` lines to ``sys.stdout``; those lines tell which task the output belongs to (the
+    task's outputs, printed after it finished, go to its log too; kfp's lines outside any task go to
+    ``pipeline.log``). With ``echo`` every line also goes to ``terminal``, except from a
+    ``Traceback`` line to the end of the task: the run ends with the error's message and the log's
+    path instead. ``on_start(task)`` and ``on_end(task, kfp_status)`` are called as tasks start and
+    finish; a task that fails raises in kfp before any ``finished`` line, so it stays
+    :attr:`unfinished`.
     """
 
-    def __init__(self, terminal: TextIO, folder: Path) -> None:
+    def __init__(
+        self,
+        terminal: TextIO,
+        folder: Path,
+        *,
+        echo: bool = True,
+        on_start: Callable[[str], None] | None = None,
+        on_end: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.terminal = terminal
         self.folder = folder
+        self.echo = echo
+        self.on_start = on_start
+        self.on_end = on_end
         self.current = ""
+        self.unfinished = ""
         self.logs: dict[str, Path] = {}
         self._file: TextIO | None = None
+        self._outside: TextIO | None = None
         self._buffer = ""
         self._hiding = False
+        self._ended = False
 
     def writable(self) -> bool:
         return True
@@ -185,8 +211,9 @@ class TaskLogs(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        for f in (self._file, self._outside):
+            if f is not None:
+                f.flush()
         self.terminal.flush()
 
     def _line(self, line: str) -> None:
@@ -194,40 +221,57 @@ class TaskLogs(io.TextIOBase):
         start = _TASK_START.search(plain)
         if start:
             self._open(start.group(1))
-        if self._file is not None:
-            self._file.write(plain)
+        self._sink().write(plain)
         if plain.lstrip().startswith("Traceback (most recent call last)"):
             self._hiding = True
-        if not self._hiding:
+        if self.echo and not self._hiding:
             self.terminal.write(line)
-        if _TASK_END.search(plain):
+        end = _TASK_END.search(plain)
+        if end and self._file is not None:
+            self._ended, self._hiding, self.unfinished = True, False, ""
+            if self.on_end is not None:
+                self.on_end(end.group(1), end.group(2))
+        elif self._ended and _RULE.match(plain):
             self._close()
+        if start and self.on_start is not None:
+            self.on_start(start.group(1))
+
+    def _sink(self) -> TextIO:
+        if self._file is not None:
+            return self._file
+        if self._outside is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._outside = open(self.folder / "pipeline.log", "a")  # noqa: SIM115 - closed by close_all
+        return self._outside
 
     def _open(self, task: str) -> None:
         self._close()
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{task}.log"
         self.logs[task] = path
-        self.current = task
+        self.current = self.unfinished = task
         self._file = open(path, "a")  # noqa: SIM115 - closed by _close
-        self._hiding = False
+        self._hiding = self._ended = False
 
     def _close(self) -> None:
         if self._file is not None:
             self._file.close()
         self._file = None
-        self._hiding = False
+        self._hiding = self._ended = False
 
     def close_all(self) -> None:
         if self._buffer:
             self._line(self._buffer + "\n")
             self._buffer = ""
         self._close()
+        if self._outside is not None:
+            self._outside.close()
+            self._outside = None
 
 
 @contextmanager
-def _capture_task_logs(folder: Path) -> Iterator[TaskLogs]:
-    logs = TaskLogs(sys.stdout, folder)
+def _capture_task_logs(folder: Path, logs: TaskLogs | None = None) -> Iterator[TaskLogs]:
+    logs = logs or TaskLogs(sys.stdout, folder)
     previous = sys.stdout
     sys.stdout = logs
     try:
@@ -235,6 +279,56 @@ def _capture_task_logs(folder: Path) -> Iterator[TaskLogs]:
     finally:
         sys.stdout = previous
         logs.close_all()
+
+
+@contextmanager
+def _progress_channel(path: Path, view: RunView | None) -> Iterator[None]:
+    """Tasks report progress to ``path`` (:mod:`components.common.progress`); ``view`` draws it."""
+    if view is None:
+        yield
+        return
+    previous = os.environ.get(PROGRESS_FILE_ENV)
+    os.environ[PROGRESS_FILE_ENV] = str(path)
+    try:
+        with ProgressTail(path, view):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(PROGRESS_FILE_ENV, None)
+        else:
+            os.environ[PROGRESS_FILE_ENV] = previous
+        path.unlink(missing_ok=True)
+
+
+class _StageLines:
+    """Turns tasks starting and finishing into the view's start and end lines, from each stage's report."""
+
+    def __init__(self, view: RunView, pipeline_root: Path) -> None:
+        self.view = view
+        self.pipeline_root = pipeline_root
+        self._stages = dict((task, stage) for stage, task in STAGE_TASKS)
+
+    def started(self, task: str) -> None:
+        self.view.stage_started(self._stages.get(task, task))
+
+    def ended(self, task: str, kfp_status: str = "") -> None:
+        stage = self._stages.get(task, task)
+        run_root = find_run_root(self.pipeline_root)
+        report: dict[str, Any] = {}
+        path = run_root / task / "report" if run_root else None
+        if path is not None and path.is_file():
+            try:
+                report = json.loads(path.read_text())
+            except (OSError, ValueError):
+                report = {}
+        status = str(report.get("status") or ("succeeded" if kfp_status == "SUCCESS" else "failed"))
+        seconds = report.get("duration_s")
+        self.view.stage_ended(
+            stage,
+            status,
+            float(seconds) if isinstance(seconds, (int, float)) else None,
+            stage_headline({**report, "stage": stage}),
+        )
 
 
 @contextmanager
@@ -274,12 +368,15 @@ def run_local(
     *,
     log: Callable[[str], None] = print,
     skip_preflight: bool = False,
+    verbose: bool = False,
+    terminal: TextIO | None = None,
 ) -> LocalRunResult:
     """Run the whole pipeline under ``kfp.local`` (SubprocessRunner) with outputs under ``workdir``.
 
     The returned report carries every stage's status and figures; a failed stage makes the
     status ``failed`` with the error, Ctrl-C or SIGTERM makes it ``interrupted``; either way the
-    report is written.
+    report is written. ``terminal`` (default ``sys.stdout``) gets a start and an end line per
+    stage and the progress of long work; with ``verbose``, every task's output as kfp streams it.
 
     Raises:
         UserError: the preflight checks failed, or the workdir cannot be made; nothing was written.
@@ -302,24 +399,48 @@ def run_local(
     start = time.perf_counter()
     status, error, error_kind, error_message = "succeeded", "", "", ""
     running = ""
-    with _task_temp_folder(work / ".tmp"), _capture_task_logs(work / "logs") as logs:
-        try:
-            # kfp.local waits for its task threads before an exception gets out: end the tasks first.
-            with signals_raise(on_signal=lambda signum: stop_started_processes()):
-                optimize_and_deploy(**config.to_pipeline_parameters(build_on_accelerator=False))
-        except KeyboardInterrupt as exc:
-            running = logs.current
-            stop_started_processes()
-            signal_name = "SIGINT" if not isinstance(exc, Interrupted) else str(exc).rsplit(" ", 1)[-1]
-            status, error, error_kind = "interrupted", f"interrupted by {signal_name}", "interrupted"
-        except (RuntimeError, VxdeployError) as exc:
-            record = error_record(exc)
-            status, error, error_kind = "failed", _first_line(str(exc)), record["kind"]
+    out = terminal or sys.stdout
+    view = None if verbose else RunView(out)
+    lines = _StageLines(view, pipeline_root) if view is not None else None
+    logs = TaskLogs(
+        out,
+        work / "logs",
+        echo=verbose,
+        on_start=lines.started if lines else None,
+        on_end=lines.ended if lines else None,
+    )
+    try:
+        with (
+            _task_temp_folder(work / ".tmp"),
+            _capture_task_logs(work / "logs", logs),
+            _progress_channel(progress_file(work / "logs"), view),
+            kfp_local_warnings_filtered(),
+        ):
+            try:
+                # kfp.local waits for its task threads before an exception gets out: end the tasks first.
+                with signals_raise(on_signal=lambda signum: stop_started_processes()):
+                    optimize_and_deploy(**config.to_pipeline_parameters(build_on_accelerator=False))
+            except KeyboardInterrupt as exc:
+                running = logs.current
+                stop_started_processes()
+                signal_name = "SIGINT" if not isinstance(exc, Interrupted) else str(exc).rsplit(" ", 1)[-1]
+                status, error, error_kind = "interrupted", f"interrupted by {signal_name}", "interrupted"
+            except (RuntimeError, VxdeployError) as exc:
+                record = error_record(exc)
+                status, error, error_kind = "failed", _first_line(str(exc)), record["kind"]
+    except BaseException:
+        if view is not None:  # a terminal's progress line must not be left hiding the cursor
+            view.close()
+        raise
     wall = time.perf_counter() - start
     task_logs = dict(logs.logs)
     run_root = find_run_root(pipeline_root)
     if run_root is not None and status == "interrupted" and running:
         _mark_interrupted(run_root, running)
+    if lines is not None and logs.unfinished:  # a task that failed or was interrupted: kfp said nothing
+        lines.ended(logs.unfinished)
+    if view is not None:
+        view.close()
     reports = load_stage_reports(run_root) if run_root else {}
     run_id = run_root.name if run_root else work.name
     failed_stage, failed_log = "", None
@@ -406,9 +527,7 @@ def summary_table(report: dict[str, Any]) -> str:
                 s["stage"],
                 s["status"],
                 "" if s["duration_s"] is None else f"{s['duration_s']:.1f}",
-                (s.get("reason", "") if s["status"] in ("failed", "interrupted") else "")
-                or _headline(s)
-                or s.get("reason", ""),
+                stage_headline(s),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -418,42 +537,6 @@ def summary_table(report: dict[str, Any]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 8)
     return "\n".join(lines)
-
-
-_HEADLINE_KEYS = (
-    "verdict",
-    "format",
-    "parity_max_abs_diff",
-    "parity_min_cosine",
-    "fp32_accuracy",
-    "int8_accuracy",
-    "excluded_layers",
-    "built",
-    "selected",
-    "model_name",
-    "kind",
-    "requests",
-    "executions",
-    "p99_ms",
-    "max_abs_diff",
-    "dynamic_batching_gain",
-    "decision",
-    "action",
-    "endpoint",
-)
-
-
-def _headline(stage: dict[str, Any]) -> str:
-    summ = stage.get("summary") or {}
-    parts = []
-    for key in _HEADLINE_KEYS:
-        v = summ.get(key)
-        if v is None or isinstance(v, dict):
-            continue
-        if isinstance(v, list):
-            v = ",".join(str(x) for x in v) or "-"
-        parts.append(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}")
-    return ", ".join(parts[:5])
 
 
 def print_result(result: LocalRunResult, out: Any = sys.stdout) -> None:

@@ -1,4 +1,8 @@
-"""Gather the stage reports of a run into ``report.json`` and ``report.md``."""
+"""A local run's reports: its stage reports gathered into ``report.json``, ``report.md`` and ``report.html``.
+
+The report itself is built by :mod:`components.report` (the pipeline's ``write-run-report`` task
+uses the same builder); this module knows where kfp.local leaves a run's stage reports.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from components.common.stage import markdown_table, write_json, write_text_atomic
+from components.common.errors import ConfigError
+from components.common.stage import write_json, write_text_atomic
+from components.report import build
+from components.report.build import render_markdown
+from components.report.html import render_html
+
+__all__ = [
+    "STAGE_TASKS",
+    "build_report",
+    "find_run_root",
+    "load_stage_reports",
+    "rebuild_reports",
+    "render_markdown",
+    "write_reports",
+]
 
 # Pipeline order; the task names kfp gives the components.
 STAGE_TASKS: tuple[tuple[str, str], ...] = (
@@ -22,6 +40,19 @@ STAGE_TASKS: tuple[tuple[str, str], ...] = (
     ("canary", "run-canary"),
     ("monitoring", "setup-monitoring"),
     ("rollback", "rollback-on-failure"),
+)
+# What a local run adds to the report beyond the stage reports; kept when the reports are rebuilt.
+RUN_KEYS = (
+    "status",
+    "error",
+    "wall_s",
+    "config",
+    "error_kind",
+    "error_message",
+    "failed_stage",
+    "task_logs",
+    "failed_log",
+    "failed_log_tail",
 )
 
 
@@ -51,125 +82,75 @@ def build_report(
     error: str = "",
     wall_s: float = 0.0,
 ) -> dict[str, Any]:
-    """The machine-readable report of one run."""
-
-    def details(stage: str) -> dict[str, Any]:
-        return dict(reports.get(stage, {}).get("details", {}))
-
-    def summary(stage: str) -> dict[str, Any]:
-        return dict(reports.get(stage, {}).get("summary", {}))
-
-    stages = []
-    for stage, task in STAGE_TASKS:
-        rep = reports.get(stage)
-        if rep is None:
-            stages.append({"stage": stage, "status": "not run", "duration_s": None, "reason": ""})
-        else:
-            stages.append(
-                {
-                    "stage": stage,
-                    "status": rep.get("status"),
-                    "duration_s": rep.get("duration_s"),
-                    "reason": rep.get("reason", ""),
-                    "summary": rep.get("summary", {}),
-                    "artifacts": str(run_root / task) if run_root else "",
-                }
-            )
-    select_details = details("select")
-    package_summary = summary("package")
-    return {
-        "run_id": run_id,
-        "status": status,
-        "error": error,
-        "wall_s": round(wall_s, 2),
-        "model": {**summary("intake"), "signature": details("intake").get("signature")},
-        "export": summary("export"),
-        "quantization": summary("calibrate"),
-        "candidates": select_details.get("candidates", []),
-        "skipped_candidates": details("compile").get("skipped", []),
-        "selected": select_details.get("selected"),
-        "selection_reason": summary("select").get("reason", ""),
-        # Priced from Triton's served throughput when the serve check measured it, else from selection.
-        "cost": details("serve_check").get("cost") or select_details.get("cost"),
-        "selection_cost": select_details.get("cost"),
-        "triton_repository": package_summary.get("repository_path", ""),
-        "serve_check": {
-            "status": reports.get("serve_check", {}).get("status", "not run"),
-            **summary("serve_check"),
-        },
-        "serve_check_markdown": details("serve_check").get("markdown", ""),
-        "cloud": {
-            name: {
-                "status": reports.get(name, {}).get("status", "not run"),
-                "reason": reports.get(name, {}).get("reason", ""),
-                **summary(name),
-                **({"steps": details(name).get("steps")} if name == "canary" else {}),
-            }
-            for name in ("deploy", "canary", "monitoring", "rollback")
-        },
-        "stages": stages,
-        "config": config,
-    }
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """A human-readable report: stages, candidates, the decision, serving and cloud figures."""
-    out = [f"# vxdeploy run `{report['run_id']}`", "", f"Status: **{report['status']}**", ""]
-    if report.get("error"):
-        out += [f"Error: {report['error']}", ""]
-    if report.get("failed_log"):
-        tail = report.get("failed_log_tail") or []
-        out += [f"Log of the failing task: `{report['failed_log']}`", ""]
-        if tail:
-            out += ["```", *tail, "```", ""]
-    out += [
-        "## Stages",
-        "",
-        markdown_table(
-            [
-                {
-                    "stage": s["stage"],
-                    "status": s["status"],
-                    "seconds": "" if s["duration_s"] is None else f"{s['duration_s']:.1f}",
-                    "note": s.get("reason", ""),
-                }
-                for s in report["stages"]
-            ]
-        ),
-    ]
-    if report["candidates"]:
-        out += ["## Candidates", "", markdown_table(report["candidates"])]
-    if report["skipped_candidates"]:
-        out += ["Skipped:", "", markdown_table(report["skipped_candidates"])]
-    if report["selected"]:
-        out += ["## Selected", "", f"`{report['selected']}`: {report['selection_reason']}", ""]
-    cost = report.get("cost")
-    if isinstance(cost, dict) and cost.get("markdown"):
-        out += ["## Cost", "", cost["markdown"], ""]
-    if report["serve_check"]:
-        out += ["## Serve check", "", markdown_table([report["serve_check"]])]
-    if report.get("serve_check_markdown"):
-        # Verdict, substitutions, the serving sweep and the served cost table, one level down.
-        out += [report["serve_check_markdown"], ""]
-    out += [
-        "## Cloud",
-        "",
-        markdown_table(
-            [
-                {"stage": k, **{kk: vv for kk, vv in v.items() if kk != "steps"}}
-                for k, v in report["cloud"].items()
-            ],
-            ["stage", "status", "reason"],
-        ),
-    ]
-    steps = report["cloud"].get("canary", {}).get("steps")
-    if steps:
-        out += ["### Canary steps", "", markdown_table(steps)]
-    return "\n".join(out) + "\n"
+    """The machine-readable report of one local run (:func:`components.report.build.build_report`)."""
+    artifacts = {stage: str(run_root / task) for stage, task in STAGE_TASKS} if run_root else {}
+    return build.build_report(
+        reports,
+        run_id=run_id,
+        config=config,
+        status=status,
+        error=error,
+        wall_s=wall_s,
+        stage_artifacts={stage: path for stage, path in artifacts.items() if stage in reports},
+    )
 
 
 def write_reports(report: dict[str, Any], workdir: Path) -> tuple[Path, Path]:
-    json_path, md_path = workdir / "report.json", workdir / "report.md"
-    write_json(json_path, report)
-    write_text_atomic(md_path, render_markdown(report))
-    return json_path, md_path
+    """Write ``report.json``, ``report.md`` and ``report.html`` into ``workdir``; the first two's paths.
+
+    The three paths are also in ``report["files"]``.
+    """
+    paths = {name: workdir / f"report.{name}" for name in ("json", "md", "html")}
+    report["files"] = {name: str(path) for name, path in paths.items()}
+    write_json(paths["json"], report)
+    write_text_atomic(paths["md"], render_markdown(report))
+    write_text_atomic(paths["html"], render_html(report))
+    return paths["json"], paths["md"]
+
+
+def _run_root_of(run_dir: Path) -> Path | None:
+    """The kfp.local run folder of a workdir (``pipeline_root/<run>``), or ``run_dir`` itself if it is one."""
+    if any((run_dir / task / "report").is_file() for _, task in STAGE_TASKS):
+        return run_dir
+    return find_run_root(run_dir / "pipeline_root")
+
+
+def rebuild_reports(run_dir: str | Path) -> dict[str, Path]:
+    """Rebuild a local run's three reports from its stage reports, keeping what the run itself recorded.
+
+    Args:
+        run_dir: The run's ``--workdir`` (or its ``pipeline_root/<run>`` folder).
+
+    Returns:
+        The paths written, by kind (``json``, ``md``, ``html``).
+
+    Raises:
+        ConfigError: ``run_dir`` holds no stage reports of a run.
+    """
+    folder = Path(run_dir).expanduser().absolute()
+    run_root = _run_root_of(folder) if folder.is_dir() else None
+    reports = load_stage_reports(run_root) if run_root is not None else {}
+    if run_root is None or not reports:
+        raise ConfigError(
+            "RUN_DIR",
+            str(run_dir),
+            "holds no stage reports; give the --workdir of a `vxdeploy run --local` (it has pipeline_root/)",
+        )
+    # Given the run folder itself, the reports go to its workdir (two up from pipeline_root/<run>).
+    in_workdir = run_root == folder and folder.parent.name == "pipeline_root"
+    workdir = folder.parent.parent if in_workdir else folder
+    previous: dict[str, Any] = {}
+    if (workdir / "report.json").is_file():
+        previous = json.loads((workdir / "report.json").read_text())
+    report = build_report(
+        reports,
+        run_id=str(previous.get("run_id") or run_root.name),
+        config=dict(previous.get("config") or {}),
+        run_root=run_root,
+        status=str(previous.get("status") or build.run_status(reports)),
+        error=str(previous.get("error") or ""),
+        wall_s=float(previous.get("wall_s") or 0.0),
+    )
+    report.update({key: previous[key] for key in RUN_KEYS if key in previous and key not in report})
+    write_reports(report, workdir)
+    return {name: Path(path) for name, path in report["files"].items()}

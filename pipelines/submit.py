@@ -34,7 +34,9 @@ from components.common.errors import CloudOperationError, ConfigError, UserError
 from components.common.images import VERSION
 from components.common.uris import localize
 
-DEFAULT_TEMPLATE = Path("compiled/optimize_and_deploy.yaml")
+DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "compiled" / "optimize_and_deploy.yaml"
+"""The compiled pipeline shipped with the package (package data ``vxdeploy.compiled``; in a checkout,
+the repository's ``compiled/``), whatever the current directory."""
 DEFAULT_LOCATION = "us-central1"
 JOB_ID_PATTERN = re.compile(r"^[a-z][-a-z0-9]{0,127}$")
 TERMINAL_STATES = frozenset(
@@ -592,7 +594,10 @@ def add_run_target_arguments(parser: argparse.ArgumentParser) -> None:
         help="Override one config field (repeatable).",
     )
     parser.add_argument(
-        "--template", default=str(DEFAULT_TEMPLATE), help=f"Compiled pipeline (default {DEFAULT_TEMPLATE})."
+        "--template",
+        default=str(DEFAULT_TEMPLATE),
+        help=f"Compiled pipeline, a path or gs:// URI (default: the one installed with vxdeploy, "
+        f"{DEFAULT_TEMPLATE}).",
     )
     parser.add_argument("--service-account", help="Service account the run's tasks act as.")
     parser.add_argument("--network", help="Peered VPC network: projects/NUMBER/global/networks/NAME.")

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-import pytest
+# Before anything loads torch (libgomp reads it once): OpenMP threads wait passively. With the
+# default active wait, PyTorch on this shared 2-core machine ran 10-100x slower whenever the load
+# exceeded the cores (components/select/isolated.py has the figures), which made the zoo's
+# select and serve-check stages take minutes; ONNX Runtime's spinning pools likewise. The
+# kfp.local tasks and Triton inherit these.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("VXDEPLOY_ORT_ALLOW_SPINNING", "0")
 
-from components.common import builtin
+import pytest  # noqa: E402
+
+from components.common import builtin  # noqa: E402
 
 
 def _has_cuda() -> bool:

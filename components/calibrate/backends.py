@@ -441,28 +441,151 @@ def quantize_dynamic_onnxruntime(
     return out
 
 
-def fuse_transformer(fp32_path: str | Path, out_path: str | Path) -> dict[str, int]:
-    """Fuse attention, LayerNorm and GELU subgraphs with ``onnxruntime.transformers.optimizer``.
+FUSED_ATTENTION_OPS = frozenset({"Attention", "MultiHeadAttention", "GroupQueryAttention"})
+"""ONNX Runtime's fused attention operators (``com.microsoft`` domain)."""
 
-    ``model_type="bert"`` covers encoder fusions; head count and hidden size are read from the
-    graph (0). Only ONNX Runtime's fusion passes run (``opt_level=0``): the session applies its
-    own graph optimizations when the model is served.
+
+def fuse_transformer(
+    fp32_path: str | Path, out_path: str | Path, *, packed_qkv: bool = True
+) -> dict[str, int]:
+    """Fuse attention, LayerNorm and GELU subgraphs into ONNX Runtime's contrib operators.
+
+    Two fusers, because each recognizes one exporter's graphs: onnxscript's ``optimize_for_ort``
+    matches what ``torch.export`` and the dynamo exporter write (scaled dot-product attention
+    decomposed into MatMul / Softmax / IsNaN / Where), ``onnxruntime.transformers.optimizer``
+    (``model_type="bert"``, head count and hidden size read from the graph) matches the
+    TorchScript exporter's. The first runs first; the second runs only when the first fused no
+    attention, and its graph is kept when it fused some. Without fused attention ONNX Runtime runs
+    attention as separate MatMul and Softmax kernels, and the fused graph is little faster.
+
+    Args:
+        fp32_path: The FP32 ONNX model.
+        out_path: Where the fused model is written (atomically).
+        packed_qkv: Fuse the query/key/value projections into ORT's ``Attention`` (one packed
+            float GEMM). ``False`` stops at ``MultiHeadAttention`` with the three projections left
+            as MatMuls, which dynamic quantization then turns into INT8 (a quarter of an encoder
+            layer's weights); the TorchScript-graph fuser always packs.
 
     Returns:
-        The fused operators and their counts (those with a count above zero).
+        The ``com.microsoft`` operators in the written graph and their counts (empty: nothing fused).
     """
+    import onnx
+
+    out = Path(out_path)
+    tmp = out.with_name(out.name + ".part")
+    fused = _fuse_onnxscript(fp32_path, packed_qkv)
+    if not FUSED_ATTENTION_OPS & set(contrib_operators(fused)):
+        try:
+            other = _fuse_onnxruntime(fp32_path)
+        except Exception as exc:  # its passes cannot read every graph; the first fuser's result stands
+            log.debug("onnxruntime.transformers.optimizer failed: %s", exc)
+        else:
+            if FUSED_ATTENTION_OPS & set(contrib_operators(other)):
+                fused = other
+    # Both fusers keep value_info that no longer fits the fused nodes (a ViT's classifier shape
+    # lands on a hidden-size tensor), which quantize_dynamic's shape inference refuses: drop it.
+    del fused.graph.value_info[:]
+    onnx.save_model(fused, str(tmp))
+    tmp.replace(out)
+    return contrib_operators(fused)
+
+
+def contrib_operators(model: Any) -> dict[str, int]:
+    """Counts of a graph's ONNX Runtime contrib operators (``com.microsoft``), by operator type."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.domain == "com.microsoft":
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def _fuse_onnxscript(fp32_path: str | Path, packed_qkv: bool) -> Any:
+    from onnxscript import ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model = ir.load(str(fp32_path))
+    with _quiet():
+        if packed_qkv:
+            model, _counts = optimize_for_ort(model)
+        else:
+            _fuse_to_multihead_attention(model)
+    return ir.to_proto(model)
+
+
+def _fuse_to_multihead_attention(model: Any) -> None:
+    """``optimize_for_ort``'s passes (onnxscript 0.7) in its order, without the one that packs Q/K/V."""
+    import onnx_ir.passes.common as common_passes
+    from onnxscript import ir
+    from onnxscript.optimizer import optimize
+    from onnxscript.rewriter import rewrite
+    from onnxscript.rewriter.ort_fusions import ORT_PATTERN_REWRITE_RULES, shape_optimization
+    from onnxscript.rewriter.ort_fusions.bias_gelu import fuse_bias_gelu
+    from onnxscript.rewriter.ort_fusions.erfgelu import fuse_erfgelu
+    from onnxscript.rewriter.ort_fusions.gelu import fuse_gelu
+    from onnxscript.rewriter.ort_fusions.mha import fuse_mha1, fuse_mha2
+    from onnxscript.rewriter.ort_fusions.mha_bias import fuse_mha_bias
+    from onnxscript.rewriter.ort_fusions.mha_scale import fuse_mha_scale
+    from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
+    from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
+    from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization
+    from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
+
+    rewrite(model, [_gemm_to_matmul_add.gemm_to_matmul_add_rule])
+    common_passes.ShapeInferencePass()(model)
+    optimize(model)
+    shape_optimization.rules.apply_to_model(model)
+    optimize(model)
+    fuse_erfgelu(model)
+    fuse_skip_layer_normalization(model)
+    common_passes.CommonSubexpressionEliminationPass()(model)
+    fuse_sdpa(model, apply_shape_inference=True)
+    for fuse in (fuse_mha1, fuse_mha2, fuse_mha_scale, fuse_mha_bias, fuse_gelu, fuse_bias_gelu):
+        fuse(model)
+    replace_sdpa_by_mha(model)
+    optimize(model)
+    rewrite(model, ORT_PATTERN_REWRITE_RULES)
+    ir.passes.Sequential(
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
+        common_passes.RemoveInitializersFromInputsPass(),
+        common_passes.ShapeInferencePass(),
+    )(model)
+
+
+def _fuse_onnxruntime(fp32_path: str | Path) -> Any:
     from onnxruntime.transformers.optimizer import optimize_model
 
     with _quiet():
+        # opt_level=0: only the fusion passes; the session applies its own graph optimizations.
         optimized = optimize_model(
             str(fp32_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False
         )
-        stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-        # The fusion passes keep the source's value_info, which no longer fits the fused nodes
-        # (a ViT's classifier shape lands on a hidden-size tensor): drop it, shapes are re-inferred.
-        del optimized.model.graph.value_info[:]
-        out = Path(out_path)
-        tmp = out.with_name(out.name + ".part")
-        optimized.save_model_to_file(str(tmp))
-    tmp.replace(out)
-    return stats
+    return optimized.model
+
+
+FUSION_MIN_COSINE = 0.9999
+"""Per-sample cosine the fused FP32 graph must keep to the unfused one: fusion is exact up to rounding."""
+
+
+def fusion_mismatch(
+    fp32_path: str | Path,
+    fused_path: str | Path,
+    inputs: Mapping[str, np.ndarray],
+    batch_sizes: Sequence[int],
+) -> str:
+    """Why the fused graph does not answer like the unfused one on ``inputs`` ('' when it does)."""
+    from components.verify.compare import row_cosines
+    from components.verify.runners import run_onnxruntime
+
+    reference = run_onnxruntime(fp32_path, inputs, batch_sizes)
+    candidate = run_onnxruntime(fused_path, inputs, batch_sizes)
+    for name, ref in reference.items():
+        got = candidate.get(name)
+        if got is None or got.shape != ref.shape:
+            return f"fused output {name!r} is {None if got is None else got.shape}, expected {ref.shape}"
+        if ref.dtype.kind == "f":
+            worst = float(row_cosines(ref, got).min(initial=1.0))
+            if worst < FUSION_MIN_COSINE:
+                return f"fused output {name!r} has min cosine {worst:.6f} to the unfused graph"
+        elif not np.array_equal(ref, got):
+            return f"fused output {name!r} differs from the unfused graph"
+    return ""

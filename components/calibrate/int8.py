@@ -34,6 +34,7 @@ from components.calibrate.backends import (
     compute_ranges,
     cpu_has_vnni,
     fuse_transformer,
+    fusion_mismatch,
     qdq_activation_ranges,
     quantize_dynamic_onnxruntime,
     quantize_modelopt,
@@ -222,7 +223,7 @@ def calibrate_int8(
             "saturate; the accuracy gate decides"
         )
     backend = resolve_backend(cfg)
-    attention = _has_attention(fp32_path)
+    attention = has_attention(fp32_path)
     op_types = _op_types(cfg, attention)
     session = onnxruntime_session(fp32_path)
     reference = run_onnxruntime(session, eval_inputs, batch)
@@ -316,7 +317,8 @@ def calibrate_int8(
     return result
 
 
-def _has_attention(model_path: str | Path) -> bool:
+def has_attention(model_path: str | Path) -> bool:
+    """True when an ONNX graph has attention (softmax or a fused attention operator): a transformer."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
@@ -471,10 +473,16 @@ def _dynamic(
     fused: dict[str, int] = {}
     if cfg.fuse_before_dynamic:
         try:
-            fused = fuse_transformer(fp32_path, work / "fused.onnx")
-            source = work / "fused.onnx"
+            # Q/K/V stay separate MatMuls: quantized, they were faster than one packed float GEMM.
+            fused = fuse_transformer(fp32_path, work / "fused.onnx", packed_qkv=False)
+            mismatch = fusion_mismatch(fp32_path, work / "fused.onnx", probe, batch)
         except Exception as exc:  # a graph the fusion passes cannot read is quantized unfused
-            notes.append(f"transformer fusion skipped ({type(exc).__name__}: {exc}); quantized unfused")
+            fused, mismatch = {}, f"{type(exc).__name__}: {exc}"
+        if mismatch:
+            notes.append(f"transformer fusion skipped ({mismatch}); quantized unfused")
+            fused = {}
+        elif fused:
+            source = work / "fused.onnx"
     search = _search(
         lambda excluded, path: quantize_dynamic_onnxruntime(source, path, cfg, excluded),
         lambda _first: _rank_by_error(source, _dynamic_layers(source), probe, None, cfg),

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from components.common import progress
 from components.common.data import Dataset, check_inputs
 from components.common.errors import DataError
 from components.common.signature import ModelSignature
@@ -72,9 +73,14 @@ class BatchReader:
             {k: v[i : i + batch_size] for k, v in inputs.items()} for i in range(0, n, batch_size)
         ]
         self._iter: Iterator[dict[str, np.ndarray]] = iter(self._batches)
+        self._served = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._iter, None)
+        batch = next(self._iter, None)
+        if batch is not None:
+            self._served += 1
+            progress.step("calibration batches", self._served, len(self._batches))
+        return batch
 
     def __len__(self) -> int:
         return len(self._batches)

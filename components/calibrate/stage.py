@@ -14,10 +14,9 @@ from components.calibrate.int8 import (
     accuracy_markdown,
     calibrate_int8,
 )
+from components.common.artifacts import CalibratedModel, OnnxModel
 from components.common.config import DataConfig, QuantizationConfig, SelectionConfig, parse_section
 from components.common.data import load_dataset
-from components.common.errors import ModelIntakeError
-from components.common.signature import ModelSignature
 from components.common.stage import StageReport, log_metrics, reports_failure, timed, write_text_atomic
 from components.export.onnx_export import sha256_file
 
@@ -39,20 +38,16 @@ def run(
     data_cfg = parse_section(DataConfig, data, "data")
     quant_cfg = parse_section(QuantizationConfig, quantization, "quantization")
     selection_cfg = parse_section(SelectionConfig, selection, "selection")
-    meta = onnx_model.metadata
-    if "signature" not in meta:
-        raise ModelIntakeError(
-            "onnx_model artifact lacks its 'signature' metadata; it must come from the export stage"
-        )
-    signature = ModelSignature.from_dict(meta["signature"])
-    fp32 = Path(onnx_model.path) / str(meta.get("file", QDQ_FILE))
+    meta = OnnxModel.read(onnx_model)
+    signature = meta.model_signature()
+    fp32 = Path(onnx_model.path) / meta.file
     out_dir = Path(qdq_model.path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rep = StageReport("calibrate")
 
     if not quant_cfg.enabled:
         reason = "quantization.enabled is false"
-        qdq_model.metadata.update({"accepted": False, "reason": reason, "produced": False})
+        CalibratedModel(accepted=False, reason=reason, produced=False).write(qdq_model)
         rep.status, rep.reason = "skipped", reason
         write_text_atomic(table.path, f"INT8 calibration skipped: {reason}.\n")
         rep.write(report.path)
@@ -73,38 +68,29 @@ def run(
             data_cfg,
             accuracy_budget=selection_cfg.accuracy_budget,
             min_cosine=selection_cfg.min_cosine,
-            task=str(meta.get("task", "classification")),
+            task=meta.task,
         )
     summary = result.summary()
-    # KFP metadata is a protobuf Struct: leave out the figures that do not apply (None).
-    qdq_model.metadata.update({k: v for k, v in summary.items() if v is not None})
-    qdq_model.metadata.update(
-        {
-            "produced": True,
-            "reason": result.reason,
-            "excluded_layers": result.excluded_layers,
-            "accuracy_budget": selection_cfg.accuracy_budget,
-            "file": QDQ_FILE,
-            "ranges_file": RANGES_FILE,
-            "table_file": TABLE_MD,
-            "signature": signature.to_dict(),
-            "sha256": sha256_file(out_dir / QDQ_FILE),
-            "source_sha256": meta.get("sha256", ""),
-            "opset": meta.get("opset", 0),
-            "activation_type": quant_cfg.activation_type,
-            "per_channel": quant_cfg.per_channel,
-            "reduce_range": effective_reduce_range(quant_cfg),
-        }
-    )
-    if result.dynamic is not None:
-        qdq_model.metadata.update(
-            {
-                "dynamic_file": result.dynamic.model_path.name,
-                "dynamic_accepted": result.dynamic.accepted,
-                "dynamic_reason": result.dynamic.reason,
-                "dynamic_sha256": sha256_file(result.dynamic.model_path),
-            }
-        )
+    dynamic = result.dynamic
+    CalibratedModel(
+        **{**summary, "excluded_layers": result.excluded_layers},
+        produced=True,
+        reason=result.reason,
+        accuracy_budget=selection_cfg.accuracy_budget,
+        file=QDQ_FILE,
+        ranges_file=RANGES_FILE,
+        table_file=TABLE_MD,
+        signature=signature.to_dict(),
+        sha256=sha256_file(out_dir / QDQ_FILE),
+        source_sha256=meta.sha256,
+        opset=meta.opset,
+        activation_type=quant_cfg.activation_type,
+        per_channel=quant_cfg.per_channel,
+        reduce_range=effective_reduce_range(quant_cfg),
+        dynamic_file=None if dynamic is None else dynamic.model_path.name,
+        dynamic_reason=None if dynamic is None else dynamic.reason,
+        dynamic_sha256=None if dynamic is None else sha256_file(dynamic.model_path),
+    ).write(qdq_model)
     figures = {
         "accepted": result.accepted,
         "fp32_accuracy": summary["fp32_accuracy"],

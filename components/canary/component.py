@@ -60,6 +60,15 @@ def run_canary(
 @dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
 def rollback_on_failure(
     status: dsl.PipelineTaskFinalStatus,
+    project: str,
+    location: str,
+    deploy: bool,
+    endpoint: str,
+    machine_type: str,
+    accelerator_type: str,
+    accelerator_count: int,
+    min_replicas: int,
+    max_replicas: int,
     deployment: dict,
     run_id: str,
     report: Output[Artifact],
@@ -73,10 +82,25 @@ def rollback_on_failure(
 
     Args:
         status: The pipeline's final status.
-        deployment: The deployment section.
+        project: The pipeline's `project` parameter.
+        location: The pipeline's `location` parameter.
+        deploy: The pipeline's `deploy` parameter: nothing to roll back when false.
+        endpoint: The pipeline's `endpoint` parameter.
+        machine_type: The pipeline's `machine_type` parameter.
+        accelerator_type: The pipeline's `accelerator_type` parameter.
+        accelerator_count: The pipeline's `accelerator_count` parameter.
+        min_replicas: The pipeline's `min_replicas` parameter.
+        max_replicas: The pipeline's `max_replicas` parameter.
+        deployment: The pipeline's deployment section overrides.
         run_id: This pipeline run's id; only a rollout this run holds is rolled back.
         report: What was done.
     """
+    # An exit handler takes only the pipeline's own parameters: it merges the deployment section
+    # the way the validate task does.
+    parameters = {
+        name: value for name, value in locals().items() if name not in ("status", "run_id", "report")
+    }
     from components.canary import stage
+    from components.common.run_parameters import section_data
 
-    stage.run_rollback(status, deployment, run_id, report)
+    stage.run_rollback(status, section_data("deployment", parameters), run_id, report)

@@ -42,6 +42,7 @@ from components.cloud.recovery import (
     roll_back_rollout,
 )
 from components.cloud.vertex import VertexApi, resource_id
+from components.common import progress
 from components.common.config import CanaryConfig, DeploymentConfig
 from components.common.errors import CloudOperationError
 
@@ -80,6 +81,9 @@ class StepRecord:
     window_end: str
     analysis: Analysis
     baseline_source: str
+    # The step whose baseline window this one was compared with, when no baseline served in its own
+    # (the 100 % step): its figures are that step's, not measured again.
+    baseline_step: int | None = None
 
     @property
     def verdict(self) -> str:
@@ -88,6 +92,11 @@ class StepRecord:
     def row(self) -> dict[str, Any]:
         """One row of the step table."""
         c, b = self.analysis.canary, self.analysis.baseline
+        reason = "; ".join(self.analysis.failures) or "all checks passed"
+        if self.baseline_step is not None:
+            # Shown once, in the row of the step that measured them; here only where they come from.
+            reason += f" (no baseline traffic: compared with step {self.baseline_step}'s baseline)"
+            b = None
         return {
             "step": self.step,
             "canary %": self.percent,
@@ -95,11 +104,11 @@ class StepRecord:
             "canary requests": c.requests,
             "canary error rate": _fmt(c.error_rate),
             "canary p99 ms": _fmt(c.p99_latency_ms),
-            "baseline requests": b.requests if b else "",
-            "baseline error rate": _fmt(b.error_rate) if b else "",
-            "baseline p99 ms": _fmt(b.p99_latency_ms) if b else "",
+            "baseline requests": b.requests if b else "-",
+            "baseline error rate": _fmt(b.error_rate) if b else "-",
+            "baseline p99 ms": _fmt(b.p99_latency_ms) if b else "-",
             "verdict": self.verdict,
-            "reason": "; ".join(self.analysis.failures) or "all checks passed",
+            "reason": reason,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +119,7 @@ class StepRecord:
             "split": self.split,
             "window": [self.window_start, self.window_end],
             "baseline_source": self.baseline_source,
+            "baseline_step": self.baseline_step,
             "verdict": self.verdict,
             **self.analysis.to_dict(),
         }
@@ -248,6 +258,7 @@ def run_canary(
         )
     endpoint_id = resource_id(endpoint_name)
     last_baseline: WindowStats | None = None
+    last_baseline_step: int | None = None
     for index, percent in enumerate(steps, start=1):
         split = split_for_step(baseline, canary_id, percent)
         endpoint, lease = update_lease(
@@ -258,6 +269,9 @@ def run_canary(
         attempt = 0
         while True:
             attempt += 1
+            progress.step(
+                f"canary at {percent}%, {cfg.interval_s:g} s wait", index - 1, len(steps), unit="steps"
+            )
             sleep(cfg.interval_s)
             end = now()
             start = end - cfg.analysis_window_s if cfg.analysis_window_s else window_start
@@ -267,15 +281,18 @@ def run_canary(
                 baseline_stats: WindowStats | None = combine(
                     [_stats(metrics, endpoint_id, k, start, end) for k in live]
                 )
-                source = "baseline, same window"
+                source, compared_step = "baseline, same window", None
             else:
                 baseline_stats, source = last_baseline, "baseline, its last window with traffic"
+                compared_step = last_baseline_step
             analysis = analyse(canary_stats, baseline_stats, cfg, baseline_label=source.split(",")[0])
-            record = StepRecord(index, percent, attempt, split, _iso(start), _iso(end), analysis, source)
+            record = StepRecord(
+                index, percent, attempt, split, _iso(start), _iso(end), analysis, source, compared_step
+            )
             result.steps.append(record)
             if analysis.passed:
                 if live:
-                    last_baseline = baseline_stats
+                    last_baseline, last_baseline_step = baseline_stats, index
                 result.decisions.append(f"step {index} ({percent}%): pass")
                 break
             result.failed_checks += 1
@@ -468,7 +485,11 @@ def roll_back_failed_run(
         reason = (
             "the run succeeded"
             if not run_failed
-            else (f"this run holds no rollout lease on the endpoint ({holder}): traffic untouched")
+            # A canary that rolled itself back already restored the split and released the lease.
+            else (
+                f"this run holds no rollout lease on the endpoint ({holder}): no rollout of this run is "
+                f"open, nothing left to roll back; traffic stays {before}"
+            )
         )
         return ExitRollback("none", reason, endpoint_name, split_before=before, split_after=before)
     committed = lease.committed if lease is not None else False

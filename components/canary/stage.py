@@ -15,8 +15,9 @@ from components.canary.rollout import CanaryResult, roll_back_failed_run, run_ca
 from components.cloud.endpoints import find_endpoint
 from components.cloud.recovery import StrandedRolloutError
 from components.cloud.vertex import VertexApi, connect
+from components.common.artifacts import VertexEndpoint, VertexModel
 from components.common.config import CanaryConfig, DeploymentConfig, parse_section
-from components.common.errors import CanaryRolledBackError, CloudOperationError, InternalError, UserError
+from components.common.errors import CanaryRolledBackError, CloudOperationError, UserError
 from components.common.stage import (
     StageReport,
     log_metrics,
@@ -61,13 +62,8 @@ def run(
     """
     deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
     canary_cfg = parse_section(CanaryConfig, canary, "canary")
-    endpoint_name = str(vertex_endpoint.metadata.get("resourceName", ""))
-    model_version = str(vertex_model.metadata.get("resourceName", ""))
-    if not endpoint_name or not model_version:
-        raise InternalError(
-            "vertex_endpoint/vertex_model artifacts carry no resourceName metadata; they must come from the "
-            "deploy step"
-        )
+    endpoint_meta, model_meta = VertexEndpoint.read(vertex_endpoint), VertexModel.read(vertex_model)
+    endpoint_name, model_version = endpoint_meta.resourceName, model_meta.resourceName
     api = api or connect(deploy_cfg)
     source = metrics_source or CloudMonitoringMetricsSource(
         deploy_cfg.project, api_endpoint=canary_cfg.monitoring_endpoint, retry=api.retry
@@ -84,7 +80,7 @@ def run(
             run_id,
             metrics=source,
             samples=load_samples(eval_data.path),
-            predict_path=str(vertex_model.metadata.get("predictRoute", "")),
+            predict_path=model_meta.predictRoute,
             sleep=sleep,
         )
     last = result.steps[-1] if result.steps else None

@@ -1,7 +1,7 @@
 """The one validated configuration model of a vxdeploy run.
 
 A run is described by :class:`RunConfig`, loaded from YAML (``--config run.yaml``) or
-built in code. Each section maps onto one pipeline parameter of the same name
+built in code. It maps onto the pipeline's flat root parameters plus one override per section
 (:meth:`RunConfig.to_pipeline_parameters`), and each component re-validates the section it
 receives, so a bad value fails with the field named wherever it enters.
 """
@@ -289,8 +289,10 @@ class QuantizationConfig(_Section):
     fuse_before_dynamic: bool = Field(
         default=True,
         description=(
-            "Fuse attention, LayerNorm and GELU (onnxruntime.transformers.optimizer) before dynamic "
-            "quantization; the static Q/DQ model stays unfused so that TensorRT can build it."
+            "Fuse attention, LayerNorm and GELU into ONNX Runtime's contrib operators (onnxscript's "
+            "ort_fusions for torch.export graphs, onnxruntime.transformers.optimizer for TorchScript "
+            "ones) before dynamic quantization; kept only when the fused FP32 graph answers like the "
+            "unfused one. The static Q/DQ model stays unfused so that TensorRT can build it."
         ),
     )
 
@@ -991,21 +993,14 @@ class RunConfig(_Section):
         return self
 
     def to_pipeline_parameters(self, *, build_on_accelerator: bool = True) -> dict[str, Any]:
-        """One pipeline parameter per section (JSON-ready dicts), plus the build accelerator.
+        """The pipeline's root parameter values for this config (:mod:`components.common.run_parameters`).
 
-        Compilation and measurement run on the serving accelerator (an engine only serves on
-        the GPU type it was built on); ``build_on_accelerator=False`` builds on the CPU the
-        task lands on, as a local run does.
+        ``build_on_accelerator=False`` compiles and measures on the CPU the task lands on, as a
+        local run does.
         """
-        params: dict[str, Any] = {
-            name: getattr(self, name).model_dump(mode="json", exclude_none=True) for name in SECTIONS
-        }
-        gpu = self.deployment.accelerator_type if build_on_accelerator else ""
-        params["build_accelerator_type"] = gpu
-        # The serving machine's own shape (type and count): the build, measurement and serve-check
-        # tasks then land on a machine Vertex can give and the serve check sees every serving GPU.
-        params["build_accelerator_count"] = self.deployment.accelerator_count if gpu else 0
-        return params
+        from components.common.run_parameters import to_pipeline_parameters
+
+        return to_pipeline_parameters(self, build_on_accelerator=build_on_accelerator)
 
 
 _TENSORRT_KINDS = ("tensorrt_fp32", "tensorrt_fp16", "tensorrt_int8")

@@ -1,9 +1,12 @@
-"""Container images of vxdeploy. Tags derive from the package version, here and nowhere else."""
+"""Container images of vxdeploy. Tags derive from the package version and the source revision, here only."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 DEFAULT_REGISTRY = "us-docker.pkg.dev/vxdeploy/vxdeploy"
 REGISTRY_ENV = "VXDEPLOY_REGISTRY"
@@ -22,19 +25,78 @@ def registry() -> str:
 REGISTRY = registry()
 """The registry this process started with (the one the component decorators below name)."""
 
+
+def _source_tree_version() -> str:
+    """``[project] version`` of the pyproject.toml beside this package (a checkout not installed)."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "0.0.0"
+
+
 try:
     VERSION = version("vxdeploy")
 except PackageNotFoundError:  # running from a source tree that is not installed
-    VERSION = "0.0.0"
+    VERSION = _source_tree_version()
 
 IMAGE_NAMES = ("optimizer", "runner", "serving")
+
+TAG_ENV = "VXDEPLOY_IMAGE_TAG"
+"""The image tag a compiled pipeline's tasks (and the images themselves) were built for."""
+
+REVISION_FOLDERS = ("components", "pipelines", "containers")
+"""What the images are built from: the package's code and data, the Dockerfiles and the lock.
+
+Not ``compiled/``: the compiled pipeline names the tags, so it cannot be part of them.
+"""
+_REVISION_SUFFIXES = {".py", ".yaml", ".txt", ".sh", ".dockerignore"}
+
+
+def _revision_files(root: Path) -> list[Path]:
+    files = []
+    for folder in REVISION_FOLDERS:
+        for path in (root / folder).rglob("*"):
+            rel = path.relative_to(root)
+            if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+                continue
+            if path.is_file() and (path.suffix in _REVISION_SUFFIXES or path.name.startswith("Dockerfile")):
+                files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+@cache
+def source_revision(root: Path | None = None) -> str:
+    """12 hex digits naming the sources the images are built from (sha256 of their paths and bytes).
+
+    Computed from the files themselves (``components/``, ``pipelines/``, ``containers/`` beside this
+    package: the repository, or the installed package, which ships the same files), so it is the same
+    before and after a commit and needs no git; any change to them is a new revision, hence a new tag.
+    """
+    base = root or Path(__file__).resolve().parents[2]
+    digest = hashlib.sha256()
+    for path in _revision_files(base):
+        digest.update(path.relative_to(base).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:12]
+
+
+def image_tag() -> str:
+    """``VERSION-REVISION`` (``0.1.0-3f9c2a7d41be``), or ``$VXDEPLOY_IMAGE_TAG`` where that is set.
+
+    Every change to the sources makes a new tag, so a rebuilt image never overwrites the tag of
+    another build, and a compiled pipeline names exactly the images built from its own sources.
+    """
+    return os.environ.get(TAG_ENV, "").strip() or f"{VERSION}-{source_revision()}"
 
 
 def image(name: str, registry_prefix: str | None = None) -> str:
     """The tag of one of the project's images (``image('runner')``), by default in :func:`registry`."""
     if name not in IMAGE_NAMES:
         raise ValueError(f"unknown image {name!r}; known: {', '.join(IMAGE_NAMES)}")
-    return f"{(registry_prefix or registry()).rstrip('/')}/{name}:{VERSION}"
+    return f"{(registry_prefix or registry()).rstrip('/')}/{name}:{image_tag()}"
 
 
 def serving_image() -> str:
@@ -75,7 +137,7 @@ BASE_IMAGES: dict[str, str] = {
 def build_args(name: str) -> dict[str, str]:
     """The ``--build-arg`` values of one image's Dockerfile (``containers/<name>/Dockerfile``)."""
     image(name)  # validates the name
-    args = {"BASE_IMAGE": BASE_IMAGES[name], "VXDEPLOY_VERSION": VERSION}
+    args = {"BASE_IMAGE": BASE_IMAGES[name], "VXDEPLOY_VERSION": VERSION, "VXDEPLOY_IMAGE_TAG": image_tag()}
     if name == "optimizer":
         args |= {
             "TENSORRT_VERSION": TENSORRT_VERSION,
@@ -90,11 +152,11 @@ def build_args(name: str) -> dict[str, str]:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m components.common.images tag|build-args NAME [--registry R]`` for containers/build.sh."""
+    """``python -m components.common.images names|image-tag|tag|build-args NAME``, for build.sh."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m components.common.images")
-    parser.add_argument("what", choices=("names", "tag", "build-args"))
+    parser.add_argument("what", choices=("names", "image-tag", "tag", "build-args"))
     parser.add_argument("name", nargs="?", default="")
     parser.add_argument(
         "--registry", default="", help="Registry prefix; default: $VXDEPLOY_REGISTRY or the built-in one."
@@ -103,6 +165,8 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         if args.what == "names":
             print("\n".join(IMAGE_NAMES))
+        elif args.what == "image-tag":
+            print(image_tag())
         elif args.what == "tag":
             print(image(args.name, args.registry.rstrip("/") or None))
         else:

@@ -224,18 +224,56 @@ def _onnxruntime(
         "onnxruntime_int8": _qdq,
         "onnxruntime_int8_dynamic": _dynamic,
     }
-    result = ort.build_onnxruntime_candidate(
-        sources_by_kind[kind](sources),
-        folder,
-        optimization_level=cfg.ort_optimization_level,
-        save_optimized_model=cfg.ort_save_optimized_model,
-        require_qdq=kind == "onnxruntime_int8",
-        require_int8=kind == "onnxruntime_int8_dynamic",
-    )
+    source = sources_by_kind[kind](sources)
+    with tempfile.TemporaryDirectory(prefix="vx-fuse-") as tmp:
+        fused: dict[str, int] = {}
+        if kind == "onnxruntime_fp32":
+            source, fused = _fused_transformer(source, sources.signature, Path(tmp))
+        result = ort.build_onnxruntime_candidate(
+            source,
+            folder,
+            optimization_level=cfg.ort_optimization_level,
+            save_optimized_model=cfg.ort_save_optimized_model,
+            require_qdq=kind == "onnxruntime_int8",
+            require_int8=kind == "onnxruntime_int8_dynamic",
+        )
+    if fused:
+        result["options"]["fused_operators"] = fused
     result["versions"] = _versions("onnxruntime", "onnx")
     # onnxruntime-gpu (the GPU image) records CUDA first: the candidate then serves on the GPU.
     result["device"] = "cuda" if result["options"]["providers"][0] == "CUDAExecutionProvider" else "cpu"
     return result
+
+
+_FUSE_MAX_BYTES = 1_800_000_000
+"""Fusion writes one protobuf: larger models (weights in a side file) are served unfused."""
+
+
+def _fused_transformer(onnx_path: Path, signature: ModelSignature, work: Path) -> tuple[Path, dict[str, int]]:
+    """A transformer's FP32 graph with attention, LayerNorm and GELU fused (ONNX Runtime's contrib ops).
+
+    ONNX Runtime does not fuse the attention that ``torch.export`` writes by itself, and runs it
+    as separate MatMul / Softmax kernels. The fused graph is used only when it fused attention
+    and answers like the unfused one (per-sample cosine) on sample inputs; otherwise, and for
+    graphs without attention (CNNs), the export's graph is served as it is.
+    """
+    from components.calibrate.backends import FUSED_ATTENTION_OPS, fuse_transformer, fusion_mismatch
+    from components.calibrate.int8 import has_attention
+
+    if onnx_path.stat().st_size > _FUSE_MAX_BYTES or not has_attention(onnx_path):
+        return onnx_path, {}
+    fused_path = work / ort.MODEL_FILE
+    try:
+        fused = fuse_transformer(onnx_path, fused_path)
+        mismatch = fusion_mismatch(onnx_path, fused_path, signature.sample_inputs(batch=2), (2,))
+    except Exception as exc:  # a graph the fusers cannot read is served unfused
+        log.warning("onnxruntime_fp32: transformer fusion failed (%s); serving the unfused graph", exc)
+        return onnx_path, {}
+    if mismatch or not FUSED_ATTENTION_OPS & set(fused):
+        if mismatch:
+            log.warning("onnxruntime_fp32: %s; serving the unfused graph", mismatch)
+        return onnx_path, {}
+    return fused_path, fused
 
 
 def _gpu_fields() -> dict[str, str]:

@@ -6,6 +6,7 @@ configuration use the same ones the candidate was checked with.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,6 +59,10 @@ def available_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in have]
 
 
+ALLOW_SPINNING_ENV = "VXDEPLOY_ORT_ALLOW_SPINNING"
+"""``0``/``1``: whether :func:`make_session`'s sessions spin-wait between operators (unset: ORT's default)."""
+
+
 def make_session(
     model_path: str | Path, options: Mapping[str, Any], optimized_path: str | Path | None = None
 ) -> Any:
@@ -78,6 +83,12 @@ def make_session(
     so.intra_op_num_threads = int(options.get("intra_op_num_threads", 0))
     so.inter_op_num_threads = int(options.get("inter_op_num_threads", 0))
     so.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    spinning = os.environ.get(ALLOW_SPINNING_ENV)
+    if spinning in ("0", "1"):
+        # Set by processes that time runners (components/select/isolated.py): spinning pools
+        # slow every runtime on a machine whose load exceeds its cores.
+        so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     if optimized_path is not None:
         so.optimized_model_filepath = str(optimized_path)
     providers = [

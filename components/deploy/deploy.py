@@ -242,16 +242,11 @@ def serving_tensorrt_version(container: ServingContainer, cfg: DeploymentConfig)
 def tensorrt_engines(metadata: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """(model name, engine metadata) of every TensorRT model the repository artifact records.
 
-    Reads ``kinds`` ({model: kind}) or ``kind``, and ``engines`` ({model: metadata}) or ``engine``.
+    Reads the contract's ``kinds`` ({model: kind}) and ``engines`` ({model: engine metadata})
+    (:class:`components.common.artifacts.TritonRepository`).
     """
-    kinds = metadata.get("kinds")
-    if not isinstance(kinds, Mapping):
-        kind = metadata.get("kind") or metadata.get("candidate_kind") or ""
-        kinds = {str(metadata.get("model_name", "model")): kind} if kind else {}
-    engines = metadata.get("engines")
-    if not isinstance(engines, Mapping):
-        single = metadata.get("engine") or metadata.get("engine_metadata")
-        engines = {name: single for name in kinds} if isinstance(single, Mapping) else {}
+    kinds = dict(metadata.get("kinds") or {})
+    engines = dict(metadata.get("engines") or {})
     out = []
     for name, kind in kinds.items():
         if str(kind).startswith("tensorrt"):

@@ -180,7 +180,7 @@ def deploy_to_endpoint(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     repo_dir = Path(repo_dir)
-    serving_name = str(metadata.get("default_model") or model_cfg.name)
+    serving_name = str(metadata.get("model_name") or model_cfg.name)
     container = ServingContainer.from_metadata(metadata.get("serving_container"), serving_name)
     engine_checks = check_serving_compatibility(metadata, container, cfg)
     checksum = repository_fingerprint(repo_dir)

@@ -28,6 +28,7 @@ from components.cloud.vertex import (
     recorded_operations,
     wait_for_operation,
 )
+from components.common.artifacts import ServingContainer as ServingContainerMetadata
 from components.common.config import TritonConfig
 from components.common.errors import UserError
 
@@ -69,28 +70,20 @@ class ServingContainer:
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any] | None, model_name: str) -> ServingContainer:
-        """Read the packaging stage's ``serving_container`` metadata, filling what it leaves out."""
-        fallback = cls.for_triton(model_name)
+        """Read the packaging stage's ``serving_container`` metadata (its contract), or Triton's defaults."""
         if not meta:
-            return fallback
-        env = meta.get("env") or {}
-        if isinstance(env, list):  # [{"name": ..., "value": ...}], the Vertex AI form
-            env = {str(e["name"]): str(e.get("value", "")) for e in env if isinstance(e, Mapping)}
-        ports = [
-            int(p.get("container_port", p.get("containerPort", 0))) if isinstance(p, Mapping) else int(p)
-            for p in (meta.get("ports") or fallback.ports)
-        ]
-        shm = meta.get("shared_memory_size_mb", meta.get("shared_memory_mb", fallback.shared_memory_mb))
+            return cls.for_triton(model_name)
+        spec = ServingContainerMetadata.from_metadata(meta)
         return cls(
-            image_uri=str(meta.get("image_uri") or fallback.image_uri),
-            command=[str(c) for c in (meta.get("command") or fallback.command)],
-            args=[str(a) for a in (meta.get("args") or fallback.args)],
-            env={str(k): str(v) for k, v in dict(env).items()},
-            ports=ports,
-            predict_route=str(meta.get("predict_route") or fallback.predict_route),
-            health_route=str(meta.get("health_route") or fallback.health_route),
-            shared_memory_mb=int(shm or 0),
-            tensorrt_version=str(meta.get("tensorrt_version") or ""),
+            image_uri=spec.image_uri,
+            command=list(spec.command),
+            args=list(spec.args),
+            env={e.name: e.value for e in spec.env},
+            ports=[p.container_port for p in spec.ports],
+            predict_route=spec.predict_route,
+            health_route=spec.health_route,
+            shared_memory_mb=spec.shared_memory_size_mb,
+            tensorrt_version=spec.tensorrt_version,
         )
 
     def to_spec(self, *, invoke_route: bool) -> aiplatform_v1.ModelContainerSpec:

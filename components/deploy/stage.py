@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.cloud.vertex import VertexApi, resource_id
+from components.common.artifacts import VertexEndpoint, VertexModel
 from components.common.config import CanaryConfig, DeploymentConfig, ModelConfig, parse_section
 from components.common.stage import StageReport, reports_failure, timed, write_json
 from components.deploy.deployment import DeploymentResult, deploy_to_endpoint
@@ -71,28 +72,24 @@ def write_artifacts(
     """Fill the ``google.VertexModel`` and ``google.VertexEndpoint`` artifacts (GCPC's metadata layout)."""
     container: ServingContainer = result.container
     vertex_model.uri = _uri(cfg, result.version.versioned_name)
-    vertex_model.metadata.update(
-        {
-            "resourceName": result.version.versioned_name,
-            "model": result.version.model,
-            "versionId": result.version.version_id,
-            "displayName": result.version.display_name,
-            "artifactUri": result.artifact_uri,
-            "sha256": result.checksum,
-            "imageUri": container.image_uri,
-            "predictRoute": container.predict_route,
-            "invokeRoute": result.invoke_route,
-        }
-    )
+    VertexModel(
+        resourceName=result.version.versioned_name,
+        model=result.version.model,
+        versionId=result.version.version_id,
+        displayName=result.version.display_name,
+        artifactUri=result.artifact_uri,
+        sha256=result.checksum,
+        imageUri=container.image_uri,
+        predictRoute=container.predict_route,
+        invokeRoute=result.invoke_route,
+    ).write(vertex_model)
     vertex_endpoint.uri = _uri(cfg, result.endpoint.name)
-    vertex_endpoint.metadata.update(
-        {
-            "resourceName": result.endpoint.name,
-            "endpointId": resource_id(result.endpoint.name),
-            "displayName": str(result.endpoint.endpoint.display_name),
-            "deployedModelId": result.deployed_model_id,
-        }
-    )
+    VertexEndpoint(
+        resourceName=result.endpoint.name,
+        endpointId=resource_id(result.endpoint.name),
+        displayName=str(result.endpoint.endpoint.display_name),
+        deployedModelId=result.deployed_model_id,
+    ).write(vertex_endpoint)
 
 
 def summary(result: DeploymentResult, cfg: DeploymentConfig) -> dict[str, Any]:

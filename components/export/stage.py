@@ -6,10 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from components.common.artifacts import OnnxModel, SourceModel
 from components.common.config import ExportConfig, ModelConfig, parse_section
 from components.common.data import load_dataset
-from components.common.errors import ModelIntakeError
-from components.common.signature import ModelSignature
 from components.common.stage import StageReport, log_metrics, reports_failure, timed
 from components.export.onnx_export import ONNX_FILE, ExportResult, export_onnx, export_parts
 
@@ -27,32 +26,27 @@ def run(
     """Export the intake's model (and any parts) into the ``onnx_model`` directory, checked for parity."""
     model_cfg = parse_section(ModelConfig, model, "model")
     export_cfg = parse_section(ExportConfig, export, "export")
-    meta = source_model.metadata
-    for key in ("format", "file", "signature"):
-        if key not in meta:
-            raise ModelIntakeError(
-                f"source_model artifact lacks metadata {key!r}; it must come from the intake stage"
-            )
-    signature = ModelSignature.from_dict(meta["signature"])
-    source = Path(source_model.path) / str(meta["file"])
+    meta = SourceModel.read(source_model)
+    signature = meta.model_signature()
+    source = Path(source_model.path) / meta.file
     out_dir = Path(onnx_model.path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rep = StageReport("export")
     with timed(rep):
         evaluation = load_dataset(eval_data.path, signature, what="data.eval_uri", min_samples=1)
         result = export_onnx(
-            source, str(meta["format"]), signature, out_dir / ONNX_FILE, export_cfg, evaluation.inputs
+            source, meta.format, signature, out_dir / ONNX_FILE, export_cfg, evaluation.inputs
         )
         parts: dict[str, ExportResult] = {}
         if model_cfg.parts:
             with tempfile.TemporaryDirectory(prefix="vx-parts-") as tmp:
                 parts = export_parts(model_cfg.parts, out_dir, export_cfg, tmp)
-    onnx_model.metadata.update(result.to_metadata())
-    onnx_model.metadata.update({"name": model_cfg.name, "task": model_cfg.task})
-    if parts:
-        onnx_model.metadata["parts"] = {
-            name: {**r.to_metadata(), "file": f"{name}/{ONNX_FILE}"} for name, r in parts.items()
-        }
+    OnnxModel(
+        **result.to_metadata(),
+        name=model_cfg.name,
+        task=model_cfg.task,
+        parts={name: {**r.to_metadata(), "file": f"{name}/{ONNX_FILE}"} for name, r in parts.items()},
+    ).write(onnx_model)
     figures = {f"parity_{k}": v for k, v in result.parity_summary().items()}
     figures.update({"opset": result.opset, "export_seconds": round(rep.duration_s, 3), "parts": len(parts)})
     log_metrics(metrics, figures)

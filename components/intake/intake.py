@@ -128,6 +128,36 @@ def _last_error_line(lines: list[str]) -> str:
     return text[-1] if text else ""
 
 
+def inputs_from_data(path: Path, labels_key: str = "labels") -> list[TensorOverride]:
+    """The inputs an .npz implies, in its arrays' order: each array's dtype, a batch dim, its other dims.
+
+    The arrays named ``labels_key`` (or ``labels_key/<output>``) are targets, not inputs.
+
+    Raises:
+        DataError: the file is not an .npz or holds no input array.
+    """
+    import numpy as np
+
+    from components.common.errors import DataError
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: (str(npz[k].dtype), npz[k].shape) for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data.calibration_uri={str(path)!r}: not an .npz file ({exc})") from None
+    inputs = [
+        TensorOverride(name=k, dtype=dtype, shape=["batch", *(int(d) for d in shape[1:])])
+        for k, (dtype, shape) in arrays.items()
+        if k != labels_key and not k.startswith(f"{labels_key}/") and len(shape) >= 1
+    ]
+    if not inputs:
+        raise DataError(
+            f"data.calibration_uri={str(path)!r}: no input arrays, so the TorchScript model's inputs are "
+            "unknown; save one array per model input, or set model.inputs"
+        )
+    return inputs
+
+
 def read_signature(path: Path, fmt: str, cfg: ModelConfig) -> ModelSignature:
     """Read the signature from the model file (or, for TorchScript, from ``model.inputs``)."""
     if fmt == "onnx":
@@ -251,9 +281,12 @@ def intake(
     work = Path(workdir)
     model_path = resolve(model_cfg.uri, work / "model", what="model.uri", api_endpoint=api_endpoint)
     fmt = detect_format(model_path, model_cfg.format)
-    sig = read_signature(model_path, fmt, model_cfg)
     calib_path = resolve(data_cfg.calibration_uri, work / "data", what="data.calibration_uri")
     eval_path = resolve(data_cfg.eval_uri, work / "data", what="data.eval_uri")
+    if fmt == "torchscript" and not model_cfg.inputs:
+        # A TorchScript file carries no input shapes: the calibration data's arrays give them.
+        model_cfg = model_cfg.model_copy(update={"inputs": inputs_from_data(calib_path, data_cfg.labels_key)})
+    sig = read_signature(model_path, fmt, model_cfg)
     calibration = load_dataset(
         calib_path, sig, what="data.calibration_uri", labels_key=data_cfg.labels_key, min_samples=1
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from components.common import registry
+from components.common.artifacts import DatasetSamples, SourceModel
 from components.common.config import DataConfig, DeploymentConfig, ModelConfig, parse_section
 from components.common.stage import StageReport, reports_failure, timed
 from components.intake.intake import intake, store_model
@@ -45,19 +46,23 @@ def run(
         stored = store_model(result, source_model.path)
         result.calibration.save(calibration_data.path)
         result.evaluation.save(eval_data.path)
-    source_model.metadata.update(
-        {
-            "format": result.model_format,
-            "file": stored.name,
-            "signature": result.signature.to_dict(),
-            "sha256": result.sha256,
-            "uri": model_cfg.uri,
-            "name": model_cfg.name,
-        }
+    source_labels: dict[str, str] = {}
+    if registry.is_registry_uri(model_cfg.uri):
+        version = registry.get_registry_model_version(model_cfg.uri, api_endpoint=api_endpoint)
+        source_labels = registry.source_model_labels(version)
+    SourceModel(
+        format=result.model_format,  # type: ignore[arg-type]  # detect_format returns one of them
+        file=stored.name,
+        signature=result.signature.to_dict(),
+        sha256=result.sha256,
+        uri=model_cfg.uri,
+        name=model_cfg.name,
+        source_labels=source_labels,
+    ).write(source_model)
+    DatasetSamples(samples=len(result.calibration)).write(calibration_data)
+    DatasetSamples(samples=len(result.evaluation), labelled=result.evaluation.labels is not None).write(
+        eval_data
     )
-    calibration_data.metadata["samples"] = len(result.calibration)
-    eval_data.metadata["samples"] = len(result.evaluation)
-    eval_data.metadata["labelled"] = result.evaluation.labels is not None
     rep.summary = {
         "model_uri": model_cfg.uri,
         "format": result.model_format,
@@ -68,8 +73,6 @@ def run(
     }
     rep.details = {"signature": result.signature.to_dict()}
     if registry.is_registry_uri(model_cfg.uri):
-        version = registry.get_registry_model_version(model_cfg.uri, api_endpoint=api_endpoint)
-        source_model.metadata["source_labels"] = registry.source_model_labels(version)
         rep.summary["registry_version"] = version.versioned_name
     rep.write(report.path)
     return IntakeOutputs(proceed=True, deploy=deploy_cfg.enabled)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
+from components.common import progress
 from components.common.config import TritonConfig
 from components.common.data import Dataset
 from components.common.errors import InternalError
@@ -428,6 +429,7 @@ def run_sweep(
             continue
         config = read_model_config(repository / name)
         for concurrency in concurrencies:
+            progress.step("serve sweep", len(points), len(variants) * len(concurrencies), unit="points")
             points.append(
                 run_point(
                     url,

@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from components.common.artifacts import SelectedModel, ServingContainer, SourceModel
+from components.common.artifacts import TritonRepository as TritonRepositoryMetadata
 from components.common.config import (
     DeploymentConfig,
     ModelConfig,
@@ -20,7 +22,6 @@ from components.common.config import (
 )
 from components.common.data import load_dataset
 from components.common.errors import ModelIntakeError, ParityError
-from components.common.signature import ModelSignature
 from components.common.stage import StageReport, log_metrics, reports_failure, timed, write_text_atomic
 from components.cost.estimate import CostReport
 from components.cost.measured import local_cpu_description, vertex_accelerator_name
@@ -43,45 +44,45 @@ from components.package.serve_check import (
 from components.package.tritonserver import TritonStartError
 from components.package.vertex import vertex_serving_container
 
-# Engine facts the selection stage records; carried to the repository so deployment can
-# check the serving GPU and TensorRT against them.
-_PASSTHROUGH_KEYS = ("precision", "device", "engine", "gpu_name", "compute_capability", "versions")
 
-
-def _selected(selected_model: Any) -> tuple[Path, str, ModelSignature, dict[str, Any]]:
-    metadata = dict(selected_model.metadata or {})
-    missing = [k for k in ("kind", "file", "signature") if k not in metadata]
-    if missing:
-        raise ModelIntakeError(
-            f"selected_model metadata lacks {missing}; "
-            "the selection stage must record kind, file and signature"
-        )
-    model_file = Path(selected_model.path) / str(metadata["file"])
+def _selected(selected_model: Any) -> tuple[Path, SelectedModel]:
+    selected = SelectedModel.read(selected_model)
+    model_file = Path(selected_model.path) / selected.file
     if not model_file.is_file():
         raise ModelIntakeError(f"selected_model file {str(model_file)!r} does not exist")
-    return model_file, str(metadata["kind"]), ModelSignature.from_dict(metadata["signature"]), metadata
+    return model_file, selected
 
 
 def repository_metadata(
-    repository: TritonRepository, container: dict[str, Any], selected: dict[str, Any]
-) -> dict[str, Any]:
-    """What the ``triton_repository`` artifact carries for deployment."""
+    repository: TritonRepository, container: dict[str, Any], selected: SelectedModel
+) -> TritonRepositoryMetadata:
+    """What the ``triton_repository`` artifact carries for deployment.
+
+    The engine facts the selection stage recorded go along, so deployment can check the serving
+    GPU and TensorRT against them.
+    """
     default = repository.configs[repository.default_model]
-    metadata: dict[str, Any] = {
-        "model_name": repository.default_model,
-        "models": list(repository.models),
-        "kind": repository.kinds[repository.default_model],
-        "model_repository": MODEL_REPOSITORY_DIR,
-        "manifest": MANIFEST_FILE,
-        "manifest_sha256": repository.manifest_sha256,
-        "files": len(repository.manifest["files"]),
-        "total_bytes": repository.total_bytes,
-        "max_batch_size": int(default.max_batch_size),
-        "instance_kind": _kind_name(default.instance_group[0].kind) if default.instance_group else "",
-        "serving_container": container,
-    }
-    metadata.update({k: selected[k] for k in _PASSTHROUGH_KEYS if k in selected})
-    return metadata
+    engine = {repository.default_model: selected.engine} if selected.engine else {}
+    return TritonRepositoryMetadata(
+        model_name=repository.default_model,
+        models=list(repository.models),
+        kind=repository.kinds[repository.default_model],
+        kinds=dict(repository.kinds),
+        model_repository=MODEL_REPOSITORY_DIR,
+        manifest=MANIFEST_FILE,
+        manifest_sha256=repository.manifest_sha256,
+        files=len(repository.manifest["files"]),
+        total_bytes=repository.total_bytes,
+        max_batch_size=int(default.max_batch_size),
+        instance_kind=_kind_name(default.instance_group[0].kind) if default.instance_group else "",
+        serving_container=ServingContainer.model_validate(container),
+        precision=selected.precision,
+        device=selected.device,
+        engines=engine,
+        gpu_name=selected.gpu_name,
+        compute_capability=selected.compute_capability,
+        versions=selected.versions,
+    )
 
 
 def _kind_name(kind: int) -> str:
@@ -105,10 +106,10 @@ def run_package(
     deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
     rep = StageReport("package")
     with timed(rep):
-        model_file, kind, signature, selected = _selected(selected_model)
-        device = str(selected.get("device", ""))
+        model_file, selected = _selected(selected_model)
+        kind, signature, device = selected.kind, selected.model_signature(), selected.device
         if kind.startswith("tensorrt"):
-            check_engine_batch(dict(selected.get("engine") or {}), triton_cfg)
+            check_engine_batch(dict(selected.engine or {}), triton_cfg)
         instance_kind = resolve_instance_kind(triton_cfg, deploy_cfg)
         if kind == "aoti" and device == "cpu" and triton_cfg.instance_kind == "auto":
             # A CPU-compiled AOTI package runs on the CPU even on a GPU machine: say so in the config.
@@ -124,7 +125,7 @@ def run_package(
             device=device if kind == "aoti" else "",
         )
         container = vertex_serving_container(repository, triton_cfg)
-    triton_repository.metadata.update(repository_metadata(repository, container, selected))
+    repository_metadata(repository, container, selected).write(triton_repository)
     config = repository.configs[repository.default_model]
     rep.summary = {
         "repository_path": str(repository.root),
@@ -191,19 +192,16 @@ def run_serve_check(
     with timed(rep):
         root = Path(triton_repository.path)
         verify_manifest(root)
-        repo_meta = dict(triton_repository.metadata or {})
-        model_name = str(repo_meta.get("model_name") or _only_model(root))
-        source_meta = dict(source_model.metadata or {})
-        signature = ModelSignature.from_dict(source_meta["signature"])
+        repo_meta = TritonRepositoryMetadata.read(triton_repository)
+        model_name = repo_meta.model_name
+        source = SourceModel.read(source_model)
+        signature = source.model_signature()
         dataset = load_dataset(eval_data.path, signature, what="eval_data")
         samples = dataset.take(min(len(dataset), triton_cfg.serve_check_requests))
         reference = reference_outputs(
-            Path(source_model.path) / str(source_meta["file"]),
-            str(source_meta.get("format", "torch_export")),
-            signature,
-            samples.inputs,
+            Path(source_model.path) / source.file, source.format, signature, samples.inputs
         )
-        precision = str(repo_meta.get("precision") or _precision_of(str(repo_meta.get("kind", ""))))
+        precision = repo_meta.precision or _precision_of(repo_meta.kind)
         try:
             result = check_served_repository(
                 root, samples, reference, triton=triton_cfg, model=model_name, fp32=precision == "fp32"
@@ -267,7 +265,7 @@ def run_serve_check(
 
 def _served_cost(
     result: ServeCheckResult,
-    repo_meta: dict[str, Any],
+    repo_meta: TritonRepositoryMetadata,
     deployment: dict[str, Any] | None,
     service_levels: dict[str, Any] | None,
 ) -> CostReport | None:
@@ -278,7 +276,7 @@ def _served_cost(
     targets = parse_section(ServiceLevelConfig, service_levels, "service_levels")
     return served_cost(
         result.sweep.points,
-        kind=str(repo_meta.get("kind", "model")),
+        kind=repo_meta.kind,
         measured_on=_served_on(result, deploy_cfg),
         cfg=targets,
         deployment=deploy_cfg,
@@ -332,13 +330,3 @@ def _precision_of(kind: str) -> str:
         if kind.endswith(precision):
             return precision
     return "fp32"
-
-
-def _only_model(root: Path) -> str:
-    models = sorted(p.name for p in (root / MODEL_REPOSITORY_DIR).iterdir() if p.is_dir())
-    if len(models) != 1:
-        raise ModelIntakeError(
-            f"triton_repository metadata names no model_name and the repository holds {models}; "
-            "package it with run_package"
-        )
-    return models[0]

@@ -21,11 +21,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from components.common import progress
 from components.common.config import SelectionConfig
 from components.common.data import Dataset
 from components.common.errors import CandidateUnavailable
 from components.common.signature import ModelSignature
 from components.compile.candidates import Candidate, CandidateManifest
+from components.select.isolated import CallTimer, InProcessTimer, RunnerOpener, start_process_timers
 from components.select.runners import load_candidate_runner
 from components.verify.accuracy import AccuracyResult, measure_accuracy, output_metrics, targets_for
 from components.verify.runners import Runner, run_batches
@@ -61,6 +63,8 @@ class LatencyFigures:
     cv_pct: float
     round_ms: list[float] = field(default_factory=list)
     """Median per-call latency in each interleaved round (empty when timed alone)."""
+    timed_in: str = "shared process"
+    """``own process`` (a worker process of its own) or ``shared process`` (the measuring one)."""
 
     def percentile(self, which: str) -> float:
         """``p50``, ``p90``, ``p95`` or ``p99`` in milliseconds."""
@@ -68,7 +72,11 @@ class LatencyFigures:
 
 
 def latency_figures(
-    batch_size: int, times_s: Sequence[float], round_s: Sequence[float] = ()
+    batch_size: int,
+    times_s: Sequence[float],
+    round_s: Sequence[float] = (),
+    *,
+    timed_in: str = "shared process",
 ) -> LatencyFigures:
     """Summarize per-call wall times (seconds) of ``batch_size``-sample calls (and per-round medians)."""
     t = np.asarray(times_s, dtype=np.float64) * 1e3
@@ -94,6 +102,7 @@ def latency_figures(
         iqr_pct=100.0 * (p75 - p25) / p50 if p50 > 0 else 0.0,
         cv_pct=100.0 * std / mean if mean > 0 else 0.0,
         round_ms=[round(1e3 * float(r), 6) for r in round_s],
+        timed_in=timed_in,
     )
 
 
@@ -189,6 +198,7 @@ def time_interleaved(
     batch_sizes: Sequence[int],
     cfg: SelectionConfig,
     *,
+    openers: Mapping[str, RunnerOpener | None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     max_rounds_factor: int = 3,
     settle_s: float = 0.02,
@@ -203,52 +213,24 @@ def time_interleaved(
     ``max_rounds_factor`` times ``min_iterations`` rounds). The reference's figures (the entry
     marked ``reference``) then give each other runner its :class:`SpeedupFigures`.
 
-    Before each runner's turn the process sleeps ``settle_s``: runtimes in one process share the
-    cores, and a thread pool that is still spinning after its own turn (ONNX Runtime's and
-    OpenMP's spin before they park) slows the next runner's synchronisation points, which
-    penalises small-batch PyTorch eager most.
+    A runner whose figure name has a recipe in ``openers`` is opened again and timed in a worker
+    process of its own (:mod:`components.select.isolated`): runtimes sharing one process slow
+    each other down (spinning thread pools), which made in-process speed-ups differ from the
+    same runners timed alone by up to 3x. The others are timed here with ``clock``; each
+    figure's ``timed_in`` says which. Before each runner's turn the process sleeps ``settle_s``
+    so that the previous runner's pools park.
     """
-    for b in batch_sizes:
-        active = []
-        for fig, runner in entries:
-            if runner.max_batch is not None and b > runner.max_batch:
-                fig.not_measured[b] = (
-                    f"batch {b} is above the engine's optimization profile (max {runner.max_batch})"
-                )
-            else:
-                active.append((fig, runner))
-        if not active:
-            continue
-        feeds = batch_feeds(dataset, b)
-        reps: dict[str, int] = {}
-        per_round = cfg.min_seconds / cfg.min_iterations
-        for fig, runner in active:
-            for _ in range(cfg.warmup_iterations):
-                runner.run(feeds)
-            start = clock()
-            runner.run(feeds)
-            # 5 % over the share, so that min_iterations rounds also reach min_seconds.
-            reps[fig.name] = int(min(1000, max(1, math.ceil(1.05 * per_round / max(clock() - start, 1e-9)))))
-        calls: dict[str, list[float]] = {fig.name: [] for fig, _ in active}
-        rounds: dict[str, list[float]] = {fig.name: [] for fig, _ in active}
-        r = 0
-        while True:
-            shift = r % len(active)
-            for fig, runner in active[shift:] + active[:shift]:
-                sleep(settle_s)
-                times = []
-                for _ in range(reps[fig.name]):
-                    start = clock()
-                    runner.run(feeds)
-                    times.append(clock() - start)
-                calls[fig.name].extend(times)
-                rounds[fig.name].append(float(np.median(times)))
-            r += 1
-            enough = all(sum(t) >= cfg.min_seconds for t in calls.values())
-            if (r >= cfg.min_iterations and enough) or r >= max_rounds_factor * cfg.min_iterations:
-                break
-        for fig, _ in active:
-            fig.latency[b] = latency_figures(b, calls[fig.name], rounds[fig.name])
+    recipes = {name: op for name, op in (openers or {}).items() if op is not None}
+    wanted = [(fig.name, recipes.get(fig.name)) for fig, _ in entries if fig.name in recipes]
+    workers = start_process_timers(wanted) if wanted else {}
+    timers: dict[str, CallTimer] = {
+        fig.name: workers.get(fig.name) or InProcessTimer(runner, clock) for fig, runner in entries
+    }
+    try:
+        _time_rounds(entries, timers, dataset, batch_sizes, cfg, max_rounds_factor, settle_s, sleep)
+    finally:
+        for timer in workers.values():
+            timer.close()
     reference = next((fig for fig, _ in entries if fig.reference), None)
     if reference is None:
         return
@@ -258,6 +240,55 @@ def time_interleaved(
         for b, lat in fig.latency.items():
             if b in reference.latency:
                 fig.speedup[b] = compare_latency(lat, reference.latency[b])
+
+
+def _time_rounds(
+    entries: Sequence[tuple[CandidateFigures, Runner]],
+    timers: Mapping[str, CallTimer],
+    dataset: Dataset,
+    batch_sizes: Sequence[int],
+    cfg: SelectionConfig,
+    max_rounds_factor: int,
+    settle_s: float,
+    sleep: Callable[[float], None],
+) -> None:
+    for b in batch_sizes:
+        active = []
+        for fig, runner in entries:
+            if runner.max_batch is not None and b > runner.max_batch:
+                fig.not_measured[b] = (
+                    f"batch {b} is above the engine's optimization profile (max {runner.max_batch})"
+                )
+            else:
+                active.append((fig, timers[fig.name]))
+        if not active:
+            continue
+        feeds = batch_feeds(dataset, b)
+        reps: dict[str, int] = {}
+        per_round = cfg.min_seconds / cfg.min_iterations
+        for fig, timer in active:
+            timer.set_feeds(feeds)
+            timer.time_calls(cfg.warmup_iterations)
+            (probe,) = timer.time_calls(1)
+            # 5 % over the share, so that min_iterations rounds also reach min_seconds.
+            reps[fig.name] = int(min(1000, max(1, math.ceil(1.05 * per_round / max(probe, 1e-9)))))
+        calls: dict[str, list[float]] = {fig.name: [] for fig, _ in active}
+        rounds: dict[str, list[float]] = {fig.name: [] for fig, _ in active}
+        r = 0
+        while True:
+            shift = r % len(active)
+            for fig, timer in active[shift:] + active[:shift]:
+                sleep(settle_s)
+                times = timer.time_calls(reps[fig.name])
+                calls[fig.name].extend(times)
+                rounds[fig.name].append(float(np.median(times)))
+            r += 1
+            progress.step(f"benchmark batch {b}", r, cfg.min_iterations, unit="rounds")
+            enough = all(sum(t) >= cfg.min_seconds for t in calls.values())
+            if (r >= cfg.min_iterations and enough) or r >= max_rounds_factor * cfg.min_iterations:
+                break
+        for fig, timer in active:
+            fig.latency[b] = latency_figures(b, calls[fig.name], rounds[fig.name], timed_in=timer.where)
 
 
 @dataclass
@@ -481,6 +512,7 @@ def benchmark_candidates(
     cfg: SelectionConfig,
     *,
     extra_runners: Sequence[tuple[CandidateFigures, Runner]] = (),
+    reference_opener: RunnerOpener | None = None,
 ) -> BenchmarkResult:
     """Measure the reference and every candidate of ``manifest`` the same way.
 
@@ -492,6 +524,9 @@ def benchmark_candidates(
         cfg: The selection section (batch sizes, iterations).
         extra_runners: More runners to measure beside the candidates, e.g. a benchmark's
             ``torch.compile`` baseline; their figures are not selectable unless the caller says so.
+        reference_opener: A picklable recipe that opens the reference again, so that it is timed
+            in a process of its own like every candidate (without one it is timed in this
+            process, and ``timed_in`` says so).
 
     Returns:
         Figures for every candidate; those not built or not runnable here carry ``rejected_reason``.
@@ -503,6 +538,7 @@ def benchmark_candidates(
     reference_outputs = run_all(reference, samples, max(batch_sizes), fixed_batch=fixed)
     results: list[CandidateFigures] = []
     opened: list[tuple[CandidateFigures, Runner]] = []
+    openers: dict[str, RunnerOpener | None] = {}
     try:
         if cfg.measure_reference:
             ref_fig = CandidateFigures(
@@ -519,6 +555,7 @@ def benchmark_candidates(
                 )
             )
             opened.append((ref_fig, reference))
+            openers[ref_fig.name] = reference_opener
         for fig, runner in extra_runners:
             results.append(
                 _measure_safely(
@@ -538,10 +575,12 @@ def benchmark_candidates(
                 fig.rejected_reason = f"not built ({cand.status}): {cand.reason}"
                 results.append(fig)
                 continue
+            opener = partial(load_candidate_runner, cand, candidates_dir, signature)
+            openers[fig.name] = opener
             results.append(
                 _measure_safely(
                     fig,
-                    partial(load_candidate_runner, cand, candidates_dir, signature),
+                    opener,
                     samples,
                     reference_outputs,
                     signature,
@@ -551,7 +590,7 @@ def benchmark_candidates(
                 )
             )
         # Timed together, round by round, so that the machine's load falls on every runner alike.
-        time_interleaved(opened, samples, batch_sizes, cfg)
+        time_interleaved(opened, samples, batch_sizes, cfg, openers=openers)
     finally:
         for _fig, runner in opened:
             if runner is not reference:

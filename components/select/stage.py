@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from components.common.artifacts import SelectedModel, SourceModel
 from components.common.config import DeploymentConfig, SelectionConfig, ServiceLevelConfig, parse_section
 from components.common.data import load_dataset
 from components.common.errors import ServiceLevelError
@@ -58,28 +60,25 @@ def write_selected_model(
     candidates_dir: str | Path,
     figures: CandidateFigures,
     signature: dict[str, Any],
-) -> dict[str, Any]:
+) -> SelectedModel:
     """Copy the chosen candidate's folder to ``dest`` (file by file, atomically) and return its metadata."""
     copy_folder_atomically((Path(candidates_dir) / candidate.file).parent, dest)
-    meta: dict[str, Any] = {
-        "name": candidate.name,
-        "kind": candidate.kind,
-        "precision": candidate.precision,
-        "runtime": candidate.runtime,
-        "device": candidate.device,
-        "file": Path(candidate.file).name,
-        "sha256": candidate.sha256,
-        "versions": candidate.versions,
-        "options": candidate.options,
-        "signature": signature,
-        "figures": headline_figures(figures),
-    }
-    if candidate.runtime == "tensorrt":
-        meta["engine"] = candidate.engine
-    if candidate.gpu_name:
-        meta["gpu_name"] = candidate.gpu_name
-        meta["compute_capability"] = candidate.compute_capability
-    return meta
+    return SelectedModel(
+        name=candidate.name,
+        kind=candidate.kind,  # type: ignore[arg-type]  # a manifest's kinds are the configured ones
+        precision=candidate.precision,
+        runtime=candidate.runtime,
+        device=candidate.device,
+        file=Path(candidate.file).name,
+        sha256=candidate.sha256,
+        versions=candidate.versions,
+        options=candidate.options,
+        signature=signature,
+        figures=headline_figures(figures),
+        engine=candidate.engine if candidate.runtime == "tensorrt" else None,
+        gpu_name=candidate.gpu_name or None,
+        compute_capability=(candidate.compute_capability or None) if candidate.gpu_name else None,
+    )
 
 
 def selection_metrics(result: BenchmarkResult, decision: SelectionDecision) -> dict[str, Any]:
@@ -191,11 +190,20 @@ def run(
         manifest = read_manifest(candidates.path)
         signature = manifest.model_signature()
         dataset = load_dataset(eval_data.path, signature, what="data.eval_uri")
-        source_path = artifact_file(source_model, "model.pt2")
-        source_format = str((source_model.metadata or {}).get("format", "torch_export"))
-        reference = reference_runner(source_path or source_model.path, source_format, signature)
+        source = SourceModel.read(source_model)
+        source_path = artifact_file(source_model, source.file)
+        source_format = source.format
+        reference_args = (source_path or source_model.path, source_format, signature)
+        reference = reference_runner(*reference_args)
         try:
-            result = benchmark_candidates(manifest, candidates.path, reference, dataset, cfg)
+            result = benchmark_candidates(
+                manifest,
+                candidates.path,
+                reference,
+                dataset,
+                cfg,
+                reference_opener=partial(reference_runner, *reference_args),
+            )
         finally:
             reference.close()
         cost, service_gate, infeasible = price_and_check_service_levels(result, cfg, sl_cfg, deploy_cfg)
@@ -231,8 +239,8 @@ def run(
         raise error
     chosen = next(c for c in manifest.candidates if c.name == decision.selected)
     figures = next(f for f in result.figures if f.name == decision.selected)
-    selected_model.metadata.update(
-        write_selected_model(selected_model.path, chosen, candidates.path, figures, manifest.signature)
+    write_selected_model(selected_model.path, chosen, candidates.path, figures, manifest.signature).write(
+        selected_model
     )
     rep.summary["figures"] = headline_figures(figures)
     rep.write(report.path)

@@ -14,15 +14,45 @@ import pytest
 from kfp import dsl, local
 
 from components.canary.component import rollback_on_failure, run_canary
+from components.common.config import parse_config
+from components.common.run_parameters import FLAT_PARAMETERS, to_pipeline_parameters
 from components.deploy.component import deploy_to_endpoint
 from tests.fakes.rollout import make_packaged_repository, write_eval_data
 from tests.fakes.serve_fakes import ENDPOINT, RunningFakes, serving_fakes
 
 
 @dsl.pipeline(name="vxdeploy-rollout-test")
-def rollout(repository: str, eval_data: str, deployment: dict, canary: dict) -> None:  # type: ignore[type-arg]
+def rollout(  # type: ignore[type-arg]
+    repository: str,
+    eval_data: str,
+    deployment: dict,
+    canary: dict,
+    project: str,
+    location: str,
+    deploy: bool,
+    endpoint: str,
+    machine_type: str,
+    accelerator_type: str,
+    accelerator_count: int,
+    min_replicas: int,
+    max_replicas: int,
+    deployment_overrides: dict,
+) -> None:
     run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-    exit_task = rollback_on_failure(deployment=deployment, run_id=run_id)
+    # The exit handler takes the pipeline's own parameters, as in the real pipeline.
+    exit_task = rollback_on_failure(
+        project=project,
+        location=location,
+        deploy=deploy,
+        endpoint=endpoint,
+        machine_type=machine_type,
+        accelerator_type=accelerator_type,
+        accelerator_count=accelerator_count,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        deployment=deployment_overrides,
+        run_id=run_id,
+    )
     with dsl.ExitHandler(exit_task):
         repo = dsl.importer(artifact_uri=repository, artifact_class=dsl.Model, reimport=True)
         samples = dsl.importer(artifact_uri=eval_data, artifact_class=dsl.Dataset, reimport=True)
@@ -55,7 +85,16 @@ def _run(fakes: RunningFakes, root: Path, monkeypatch: pytest.MonkeyPatch) -> tu
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "pipeline_root"))
     succeeded = True
     try:
-        rollout(repository=str(repo), eval_data=str(samples), deployment=deployment, canary=canary)
+        params = to_pipeline_parameters(parse_config({"deployment": deployment}))
+        flat = {p.name: params[p.name] for p in FLAT_PARAMETERS if p.section == "deployment"}
+        rollout(
+            repository=str(repo),
+            eval_data=str(samples),
+            deployment=deployment,
+            canary=canary,
+            deployment_overrides=params["deployment"],
+            **flat,
+        )
     except RuntimeError:
         succeeded = False
     reports = {p.parent.name: json.loads(p.read_text()) for p in (root / "pipeline_root").rglob("report")}

@@ -137,7 +137,7 @@ def test_a_run_whose_serving_image_is_missing_stops_in_its_first_task(
     assert stages["validate"]["status"] == "failed"
     message = stages["validate"]["reason"]
     assert result.report["error"] == f"stage validate failed: {message}"
-    assert f"{registry.prefix('acme-ml/vxdeploy')}/serving:{images.VERSION}" in message
+    assert f"{registry.prefix('acme-ml/vxdeploy')}/serving:{images.image_tag()}" in message
     assert "make images" in message and "--registry" in message
     assert stages["intake"]["status"] == "not run"
     assert uploads == []
@@ -154,7 +154,7 @@ def test_the_cli_refuses_a_run_whose_serving_image_is_missing_before_any_task(
 
     err = capsys.readouterr().err
     assert code == 2
-    assert f"serving:{images.VERSION}' does not exist" in err
+    assert f"serving:{images.image_tag()}' does not exist" in err
     assert not (tmp_path / "run").exists()
 
 

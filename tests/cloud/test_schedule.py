@@ -75,7 +75,7 @@ def test_scheduled_runs_carry_the_config_as_parameters(
 
     # then each run's request names that model
     request = vertex_pipelines.schedule_json(info.resource_name)["createPipelineJobRequest"]
-    assert request["pipelineJob"]["runtimeConfig"]["parameterValues"]["model"]["uri"] == uri
+    assert request["pipelineJob"]["runtimeConfig"]["parameterValues"]["model_uri"] == uri
 
 
 def test_time_zone_option_prefixes_the_cron() -> None:

@@ -83,18 +83,24 @@ def _caching(job: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def test_submit_sends_each_config_section_as_a_pipeline_parameter(
+def test_submit_sends_the_config_as_the_pipelines_parameters(
     vertex_pipelines: FakeVertexPipelines, compiled_template: Path
 ) -> None:
-    # given a config with a non-default model and canary section
-    config = load_config(None, {"model.uri": "gs://models/resnet.pt2", "canary.steps": [50, 100]})
+    # given a config with a non-default model, canary steps and export opset
+    config = load_config(
+        None, {"model.uri": "gs://models/resnet.pt2", "canary.steps": [50, 100], "export.opset": 18}
+    )
 
     # when it is submitted
     run = _submit(vertex_pipelines, compiled_template, config)
 
-    # then the job's parameter values are the config's sections
+    # then the flat parameters carry the model and the steps, the export override the opset
     values = vertex_pipelines.job_json(run.job_id)["runtimeConfig"]["parameterValues"]
-    assert (values["model"]["uri"], values["canary"]["steps"]) == ("gs://models/resnet.pt2", [50, 100])
+    assert (values["model_uri"], values["canary_steps"], values["export"]) == (
+        "gs://models/resnet.pt2",
+        [50, 100],
+        {"opset": 18},
+    )
 
 
 def test_submit_sets_the_pipeline_root(
@@ -176,10 +182,7 @@ def test_empty_deployment_project_becomes_the_submit_project(
     run = _submit(vertex_pipelines, compiled_template, RunConfig())
 
     # then its deploy stage deploys to vx-project
-    assert (
-        vertex_pipelines.job_json(run.job_id)["runtimeConfig"]["parameterValues"]["deployment"]["project"]
-        == PROJECT
-    )
+    assert vertex_pipelines.job_json(run.job_id)["runtimeConfig"]["parameterValues"]["project"] == PROJECT
 
 
 def test_wait_reports_each_state_until_the_run_succeeds(compiled_template: Path) -> None:

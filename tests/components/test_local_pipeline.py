@@ -1,12 +1,13 @@
 """The whole pipeline under kfp.local on the embedded digits model: artifacts flow between real tasks."""
 
+import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from components.common.config import load_config
-from pipelines.local_run import LocalRunResult, run_local, summary_table
+from pipelines.local_run import LocalRunResult, print_result, run_local, summary_table
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +21,11 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRunResult:
             "selection.min_seconds": 0.05,
         }
     )
-    return run_local(config, tmp_path_factory.mktemp("run"), skip_preflight=True)
+    terminal = io.StringIO()  # not a terminal: plain lines, as in CI or a pipe
+    result = run_local(config, tmp_path_factory.mktemp("run"), skip_preflight=True, terminal=terminal)
+    print_result(result, out=terminal)
+    (result.workdir / "terminal.txt").write_text(terminal.getvalue())
+    return result
 
 
 def _stage(report: dict[str, Any], name: str) -> dict[str, Any]:
@@ -67,7 +72,7 @@ def test_the_serve_check_states_its_substitutions_and_its_sweep(digits_run: Loca
 
     assert serve["reason"].startswith("passed with substitutions: ")
     assert "KIND_GPU -> KIND_CPU" in serve["reason"]
-    assert "verdict=passed with substitutions:" in summary_table(digits_run.report)
+    assert "passed with substitutions:" in summary_table(digits_run.report)
     assert digits_run.report["serve_check"]["sent"] == digits_run.report["serve_check"]["requests"]
     assert "| batching | clients | infer/s |" in markdown and "Dynamic batching gain" in markdown
     assert "via Triton (dynamic batching on)" in digits_run.report["cost"]["markdown"]
@@ -87,3 +92,18 @@ def test_a_failing_stage_fails_the_run_and_still_writes_the_report(tmp_path: Pat
     assert _stage(result.report, "export")["status"] in ("failed", "not run")
     assert _stage(result.report, "calibrate")["status"] == "not run"
     assert result.report_json.is_file()
+
+
+def test_the_terminal_shows_each_stage_as_it_starts_in_under_60_plain_lines(
+    digits_run: LocalRunResult,
+) -> None:
+    terminal = (digits_run.workdir / "terminal.txt").read_text()
+    lines = terminal.splitlines()
+    ran = [s["stage"] for s in digits_run.report["stages"] if s["status"] != "not run"]
+
+    assert len(lines) < 60, terminal
+    started = [line.split()[0] for line in lines if line.endswith(" started")]
+    assert [stage for stage in started if stage in ran] == ran
+    assert "executor_input" not in terminal and '"parameterValues"' not in terminal
+    assert "\x1b" not in terminal
+    assert "Got executor_input" in (digits_run.workdir / "logs" / "select-candidate.log").read_text()

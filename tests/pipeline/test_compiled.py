@@ -2,8 +2,8 @@ from pathlib import Path
 
 import yaml
 
-from components.common.config import SECTIONS
 from components.common.images import IMAGE_NAMES, image
+from components.common.run_parameters import PARAMETER_NAMES
 from pipelines.compile import check_compiled, compiled_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def test_every_pipeline_parameter_has_a_description_and_a_default() -> None:
     spec = yaml.safe_load(compiled_text())
     params = spec["root"]["inputDefinitions"]["parameters"]
 
-    assert sorted(params) == sorted([*SECTIONS, "build_accelerator_type", "build_accelerator_count"])
+    assert sorted(params) == sorted(PARAMETER_NAMES)
     for name, p in params.items():
         assert p.get("description"), f"parameter {name} has no description"
         assert "defaultValue" in p, f"parameter {name} has no default"

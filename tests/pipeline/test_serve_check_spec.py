@@ -47,14 +47,10 @@ def test_the_serve_check_runs_in_the_serving_image_on_the_deployments_accelerato
     assert container["image"] == image("serving")
     accelerator = container["resources"]["accelerator"]
     # The one accelerator parameter of the pipeline, the same the build tasks and the deployment use.
-    assert accelerator["resourceType"] == "{{$.inputs.parameters['pipelinechannel--build_accelerator_type']}}"
-    assert (
-        accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--build_accelerator_count']}}"
-    )
+    assert accelerator["resourceType"] == "{{$.inputs.parameters['pipelinechannel--accelerator_type']}}"
+    assert accelerator["resourceCount"] == "{{$.inputs.parameters['pipelinechannel--accelerator_count']}}"
     params = task["inputs"]["parameters"]
-    assert params["pipelinechannel--build_accelerator_type"]["componentInputParameter"].endswith(
-        "build_accelerator_type"
-    )
+    assert params["pipelinechannel--accelerator_type"]["componentInputParameter"].endswith("accelerator_type")
     assert {"triton", "deployment", "service_levels"} <= set(params)
 
 

@@ -178,9 +178,9 @@ def test_compile_stage_writes_candidates_report_and_metrics(
     metrics = _Metrics()
 
     stage.run(
-        _artifact(tmp_path / "src", format="onnx", file="model.onnx"),
+        _artifact(tmp_path / "src", format="onnx", file="model.onnx", signature=signature),
         _artifact(onnx_dir, signature=signature),
-        _artifact(qdq_dir, accepted=True, reason=""),
+        _artifact(qdq_dir, accepted=True, reason="", file="model.onnx"),
         {"candidates": ["onnxruntime_fp32", "onnxruntime_int8", "aoti"]},
         "",
         0,
@@ -203,12 +203,13 @@ def test_compile_stage_fails_naming_each_reason_when_nothing_can_be_built(
     onnx_dir = tmp_path / "onnx"
     onnx_dir.mkdir()
     (onnx_dir / "model.onnx").write_bytes(fp32.read_bytes())
+    signature = signature_from_onnx(fp32).to_dict()
 
     with pytest.raises(ConfigError, match="onnxruntime_int8: no INT8 Q/DQ model"):
         stage.run(
-            _artifact(tmp_path / "src", format="onnx"),
-            _artifact(onnx_dir),
-            _artifact(tmp_path / "qdq", accepted=False, reason="gate failed"),
+            _artifact(tmp_path / "src", format="onnx", file="model.onnx", signature=signature),
+            _artifact(onnx_dir, signature=signature),
+            _artifact(tmp_path / "qdq", produced=False, accepted=False, reason="gate failed"),
             {"candidates": ["onnxruntime_int8"]},
             "",
             0,

@@ -66,7 +66,9 @@ def test_build_and_serve_check_tasks_get_the_serving_machines_gpu_type_and_count
 
     params = config.to_pipeline_parameters()
 
-    assert (params["build_accelerator_type"], params["build_accelerator_count"]) == ("NVIDIA_H100_80GB", 2)
+    # One accelerator parameter: the build, measurement and serve-check tasks are placed on it too.
+    assert (params["accelerator_type"], params["accelerator_count"]) == ("NVIDIA_H100_80GB", 2)
+    assert params["build_on_accelerator"] is True
 
 
 def test_ints_that_kfp_turned_into_floats_are_accepted() -> None:

@@ -63,7 +63,7 @@ def test_build_plan_uses_the_registry_given(tmp_path: Path) -> None:
     plan = _build_plan({"REGISTRY": "europe-docker.pkg.dev/acme/ml"})
 
     # then every tag is in it
-    assert f"europe-docker.pkg.dev/acme/ml/runner:{images.VERSION}" in plan.splitlines()
+    assert f"europe-docker.pkg.dev/acme/ml/runner:{images.image_tag()}" in plan.splitlines()
 
 
 def test_every_image_has_a_dockerfile() -> None:

@@ -69,7 +69,10 @@ def test_package_stage_writes_a_verified_repository_and_the_metadata_deployment_
     assert metadata["instance_kind"] == "KIND_GPU"
     assert metadata["manifest_sha256"] == report["summary"]["manifest_sha256"]
     assert metadata["serving_container"]["image_uri"] == SERVING_IMAGE
-    assert {k: metadata[k] for k in ENGINE_FACTS} == ENGINE_FACTS
+    facts = {k: v for k, v in ENGINE_FACTS.items() if k != "engine"}
+    assert {k: metadata[k] for k in facts} == facts
+    assert metadata["engines"] == {"digits": ENGINE_FACTS["engine"]}
+    assert metadata["kinds"] == {"digits": "tensorrt_fp16"}
     assert report["summary"]["repository_path"] == repository.path
 
 
@@ -77,7 +80,7 @@ def test_selected_model_without_its_signature_is_refused_naming_what_is_missing(
     selected = _selected_engine(tmp_path)
     del selected.metadata["signature"]
 
-    with pytest.raises(ModelIntakeError, match=r"lacks \['signature'\]"):
+    with pytest.raises(ModelIntakeError, match=r"selected_model .*signature: Field required"):
         _package(tmp_path, selected)
 
 

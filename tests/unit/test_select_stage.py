@@ -68,7 +68,7 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SimpleNamesp
     compile_stage.run(
         arts["source"],
         arts["onnx"],
-        artifact(d / "qdq", accepted=False, reason="disabled"),
+        artifact(d / "qdq", produced=False, accepted=False, reason="disabled"),
         {"candidates": ["onnxruntime_fp32", "onnxruntime_int8"]},
         "",
         0,

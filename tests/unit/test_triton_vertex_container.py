@@ -88,7 +88,7 @@ def test_every_model_kind_is_served_from_the_project_serving_image_of_the_config
     }
 
     # then all of them name that registry's serving image (Vertex AI has no prebuilt Triton image)
-    want = f"europe-docker.pkg.dev/acme-ml/serving-images/serving:{images.VERSION}"
+    want = f"europe-docker.pkg.dev/acme-ml/serving-images/serving:{images.image_tag()}"
     assert served == dict.fromkeys(served, want)
 
 

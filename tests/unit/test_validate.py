@@ -206,7 +206,7 @@ def test_a_missing_serving_image_names_the_image_and_the_fix(
     with pytest.raises(ImageUnavailableError) as err:
         report.raise_if_failed()
     message = str(err.value)
-    assert f"{registry.prefix()}/serving:{images.VERSION}" in message
+    assert f"{registry.prefix()}/serving:{images.image_tag()}" in message
     assert "does not exist" in message
     assert "make images" in message and "--registry" in message
 

@@ -6,6 +6,7 @@ Usage: ``python -m tests.zoo.table rows.jsonl``
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Any
 
@@ -28,6 +29,18 @@ def _int8(q: dict[str, Any] | None) -> str:
     return text
 
 
+def _speedup(row: dict[str, Any]) -> str:
+    """The selected candidate's speed-up with its spread: from the report's candidate fields, or
+    (reports that no longer carry them) from the selection reason, which states it with its batch."""
+    sp = row.get("speedup") or {}
+    ratio = next((v for k, v in sp.items() if not k.startswith("speedup_iqr")), None)
+    if ratio is not None:
+        iqr = next((v for k, v in sp.items() if k.startswith("speedup_iqr")), "")
+        return f"{ratio}x ({iqr})" if isinstance(ratio, (int, float)) else f"{ratio} ({iqr})"
+    found = re.search(r"at (batch \d+) \((.*?\))\)", row.get("selection_reason") or "")
+    return f"{found.group(2)} at {found.group(1)}" if found else ""
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     head = (
         "| model | weights | rc | selected | speedup (IQR) | INT8 accepted (metric) | wall s |\n"
@@ -35,10 +48,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     )
     lines = []
     for r in rows:
-        sp = r.get("speedup") or {}
-        ratio = next((v for k, v in sp.items() if not k.startswith("speedup_iqr")), "")
-        iqr = next((v for k, v in sp.items() if k.startswith("speedup_iqr")), "")
-        speed = f"{ratio}x ({iqr})" if isinstance(ratio, (int, float)) else f"{ratio} ({iqr})"
+        speed = _speedup(r)
         lines.append(
             f"| {r['model']} | {r['weights']} | {r['rc']} | {r['selected']} | {speed} | "
             f"{_int8(r.get('quantization'))} | {r['wall_s']} |"
