@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	# nvidia-pytriton carries a real tritonserver binary for the local serve check; its numpy<2 pin
 	# does not apply to that binary, so it goes outside the environment's sys.path
 	# (.venv/share/vxdeploy/pytriton, without its dependencies): `pip check` stays clean.
-	$(BIN)/python -m components.package.triton_install
+	$(BIN)/python -m vxdeploy.components.package.triton_install
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -36,10 +36,10 @@ test: setup  ## the test suite (GPU tests skip without a GPU)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 compile: setup  ## regenerate compiled/optimize_and_deploy.yaml
-	$(BIN)/python -m pipelines.compile
+	$(BIN)/python -m vxdeploy.pipelines.compile
 
 check-compiled: setup  ## fail when compiled/ differs from what the source compiles to
-	$(BIN)/python -m pipelines.compile --check
+	$(BIN)/python -m vxdeploy.pipelines.compile --check
 
 layout:  ## build/layout/vxdeploy/{components,pipelines,compiled}: links mypy reads the package through
 	mkdir -p $(LAYOUT) && for d in components pipelines compiled; do ln -sfn ../../../$$d $(LAYOUT)/$$d; done

@@ -9,9 +9,10 @@ limit still leaves what it measured. It stops itself inside ``--budget-s``: the 
 before each runner and each batch, and what was skipped for time is recorded with the reason.
 
 It depends only on what a lent GPU machine has (torch, numpy, transformers, scikit-learn): the
-project's own modules it imports (``components.compile.aoti``, ``components.common.builtin``,
+project's own modules it imports (``vxdeploy.components.compile.aoti``,
+``vxdeploy.components.common.builtin``,
 ``signature``, ``stage``) need neither pydantic nor kfp. The selection harness
-(``components.select.benchmark``) imports the pydantic config, so its cosine / top-1 / median
+(``vxdeploy.components.select.benchmark``) imports the pydantic config, so its cosine / top-1 / median
 definitions are followed here rather than imported.
 
 Usage::
@@ -43,7 +44,7 @@ import torch
 from torch import nn
 
 from benchmarks.models import resnet50_random, synthetic_images, token_batch, transformer_encoder
-from components.common.stage import markdown_table, write_json, write_text_atomic
+from vxdeploy.components.common.stage import markdown_table, write_json, write_text_atomic
 
 SCHEMA_VERSION = 1
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gpu_check"
@@ -75,7 +76,9 @@ RUNNERS = (
     RunnerSpec(
         "autocast_bf16", "eager", "eager under torch.autocast(bfloat16)", 5.0, autocast=torch.bfloat16
     ),
-    RunnerSpec("aoti", "aoti", "AOT Inductor package via components.compile.aoti.compile_aoti", 60.0),
+    RunnerSpec(
+        "aoti", "aoti", "AOT Inductor package via vxdeploy.components.compile.aoti.compile_aoti", 60.0
+    ),
     RunnerSpec("compile_default", "compile", "torch.compile(mode=None, dynamic=False)", 90.0),
     RunnerSpec(
         "compile_max_autotune",
@@ -131,7 +134,7 @@ def log(clock: Clock, message: str) -> None:
 
 def build_digits(device: torch.device, batches: Sequence[int], work: Path) -> BenchModel:
     """The embedded digits CNN (trained on scikit-learn's digits) and its held-out digits."""
-    from components.common import builtin
+    from vxdeploy.components.common import builtin
 
     notes: list[str] = []
     pt2: Path | None
@@ -246,10 +249,10 @@ def prepare_runner(
 
 def prepare_aoti(bm: BenchModel, device: torch.device, work: Path) -> tuple[Forward, dict[str, Any]]:
     """Build the package the way the pipeline does: a batch-dynamic torch.export program -> compile_aoti."""
-    from components.common.signature import signature_from_exported_program
-    from components.compile.aoti import compile_aoti
+    from vxdeploy.components.common.signature import signature_from_exported_program
+    from vxdeploy.components.compile.aoti import compile_aoti
 
-    info: dict[str, Any] = {"via": "components.compile.aoti.compile_aoti", "device": device.type}
+    info: dict[str, Any] = {"via": "vxdeploy.components.compile.aoti.compile_aoti", "device": device.type}
     start = time.perf_counter()
     if bm.pt2 is not None:
         pt2 = bm.pt2
@@ -348,10 +351,10 @@ def measure(
 def compare(reference: torch.Tensor, got: torch.Tensor, mask: torch.Tensor | None) -> dict[str, Any]:
     """Per-sample cosine, max abs diff and top-1 agreement, through the project's one comparison.
 
-    ``components.verify.compare.compare_outputs`` gives top-1 agreement for (samples, classes)
+    ``vxdeploy.components.verify.compare.compare_outputs`` gives top-1 agreement for (samples, classes)
     outputs. With a mask (the encoder's attention mask) padded positions are zeroed in both first.
     """
-    from components.verify.compare import compare_outputs
+    from vxdeploy.components.verify.compare import compare_outputs
 
     ref = reference.detach().double().cpu()
     out = got.detach().double().cpu()

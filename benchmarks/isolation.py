@@ -1,7 +1,7 @@
 """Check ``make bench``'s speed-ups against each runner timed alone, in a fresh process of its own.
 
 ``benchmarks.run`` times PyTorch eager and every candidate in interleaved rounds, each runner in a
-worker process of its own (:mod:`components.select.isolated`) while the measuring process says
+worker process of its own (:mod:`vxdeploy.components.select.isolated`) while the measuring process says
 which one runs when. This script checks that the ratios it reports hold up: it times eager and
 each candidate *alone*, each in a new Python process started after the previous one exited, at
 every batch size the bench reported, eager right before each candidate so that both see the
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from components.common.stage import markdown_table, write_json
-from components.select.isolated import MEASUREMENT_ENV
+from vxdeploy.components.common.stage import markdown_table, write_json
+from vxdeploy.components.select.isolated import MEASUREMENT_ENV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EAGER = "pytorch_eager"
@@ -38,11 +38,11 @@ EAGER = "pytorch_eager"
 def child(work: Path, runner_name: str, batches: list[int], args: argparse.Namespace) -> dict[str, Any]:
     """Time one runner alone at each of ``batches`` (this process runs nothing else)."""
     from benchmarks.models import EAGER_FILE, EVAL_FILE, eager_runner
-    from components.common.data import Dataset
-    from components.compile.candidates import read_manifest
-    from components.select.benchmark import batch_feeds, measure_latency
-    from components.select.runners import load_candidate_runner
-    from components.verify.runners import Runner
+    from vxdeploy.components.common.data import Dataset
+    from vxdeploy.components.compile.candidates import read_manifest
+    from vxdeploy.components.select.benchmark import batch_feeds, measure_latency
+    from vxdeploy.components.select.runners import load_candidate_runner
+    from vxdeploy.components.verify.runners import Runner
 
     manifest = read_manifest(work / "candidates")
     signature = manifest.model_signature()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components.common.signature import ModelSignature
-from components.verify.runners import TorchRunner
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.verify.runners import TorchRunner
 
 
 class Bottleneck(nn.Module):

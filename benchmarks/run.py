@@ -45,23 +45,23 @@ from benchmarks.models import (
     sentence_batch,
     transformer_encoder,
 )
-from components.common import builtin
-from components.common.config import (
+from vxdeploy.components.common import builtin
+from vxdeploy.components.common.config import (
     CompilationConfig,
     DataConfig,
     ExportConfig,
     QuantizationConfig,
     SelectionConfig,
 )
-from components.common.data import Dataset, load_dataset
-from components.common.signature import signature_from_exported_program
-from components.common.stage import markdown_table, write_json, write_text_atomic
-from components.compile.build import CompileSources, build_candidates
-from components.select.benchmark import BenchmarkResult
-from components.select.policy import SelectionDecision, select_candidate
-from components.select.table import decision_markdown
-from components.verify.accuracy import resolve_output_metrics
-from components.verify.runners import TorchRunner
+from vxdeploy.components.common.data import Dataset, load_dataset
+from vxdeploy.components.common.signature import signature_from_exported_program
+from vxdeploy.components.common.stage import markdown_table, write_json, write_text_atomic
+from vxdeploy.components.compile.build import CompileSources, build_candidates
+from vxdeploy.components.select.benchmark import BenchmarkResult
+from vxdeploy.components.select.policy import SelectionDecision, select_candidate
+from vxdeploy.components.select.table import decision_markdown
+from vxdeploy.components.verify.accuracy import resolve_output_metrics
+from vxdeploy.components.verify.runners import TorchRunner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CANDIDATES = [
@@ -193,8 +193,8 @@ def prepare(
     bm: BenchModel, work: Path, quantization: QuantizationConfig
 ) -> tuple[CompileSources, dict[str, Any]]:
     """torch.export, ONNX export (parity-checked) and INT8 calibration, as the pipeline does them."""
-    from components.calibrate.int8 import calibrate_int8
-    from components.export.onnx_export import export_onnx
+    from vxdeploy.components.calibrate.int8 import calibrate_int8
+    from vxdeploy.components.export.onnx_export import export_onnx
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -316,7 +316,7 @@ def bench_model(bm: BenchModel, args: argparse.Namespace) -> dict[str, Any]:
             min_seconds=args.min_seconds,
             max_eval_samples=args.eval_samples,
         )
-        from components.select.benchmark import benchmark_candidates
+        from vxdeploy.components.select.benchmark import benchmark_candidates
 
         signature = manifest.model_signature()
         reference = TorchRunner("pytorch_eager", bm.module, signature)

@@ -1,7 +1,7 @@
 """Serving sweep of the embedded digits model through Triton, as the serve check runs it.
 
 builtin://digits-cnn -> ONNX (the project's export) -> the project's Triton package ->
-:func:`components.package.serve_check.check_served_repository`: the correctness round (with the
+:func:`vxdeploy.components.package.serve_check.check_served_repository`: the correctness round (with the
 statistics count check), then the concurrency sweep with dynamic batching off and on.
 
     .venv/bin/python -m benchmarks.serve_sweep [--concurrency 1 4 16 64] [--window 2.0] [--json out.json]
@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from components.common import builtin
-from components.common.config import ExportConfig, TritonConfig
-from components.common.data import load_dataset
-from components.common.signature import signature_from_exported_program
-from components.export.onnx_export import export_onnx
-from components.package.repository import package_triton_repository
-from components.package.serve_check import check_served_repository, reference_outputs
+from vxdeploy.components.common import builtin
+from vxdeploy.components.common.config import ExportConfig, TritonConfig
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.signature import signature_from_exported_program
+from vxdeploy.components.export.onnx_export import export_onnx
+from vxdeploy.components.package.repository import package_triton_repository
+from vxdeploy.components.package.serve_check import check_served_repository, reference_outputs
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Build valid input artifacts for a component test: ``component.python_func(...)`` on hand-made inputs.
 
 Each builder writes real files (a model, an .npz) into a folder and returns a ``kfp.dsl`` artifact whose
-metadata follows its contract in :mod:`components.common.artifacts`, exactly as the stage upstream
+metadata follows its contract in :mod:`vxdeploy.components.common.artifacts`, exactly as the stage upstream
 would have written it; :func:`output` makes an empty output artifact. See docs/testing-components.md.
 """
 
@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 import numpy as np
 from kfp import dsl
 
-from components.common.artifacts import DatasetSamples, SourceModel
-from components.common.config import RunConfig
+from vxdeploy.components.common.artifacts import DatasetSamples, SourceModel
+from vxdeploy.components.common.config import RunConfig
 
 _A = TypeVar("_A", bound=dsl.Artifact)
 
@@ -52,7 +52,7 @@ def source_model(
     """
     import torch
 
-    from components.common.signature import signature_from_exported_program
+    from vxdeploy.components.common.signature import signature_from_exported_program
 
     root = Path(folder) / "source_model"
     root.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.common.config import RunConfig, load_config, parse_set_override
-from components.common.errors import ConfigError, UserError, VxdeployError
+from vxdeploy.components.common.config import RunConfig, load_config, parse_set_override
+from vxdeploy.components.common.errors import ConfigError, UserError, VxdeployError
 
 DEFAULT_COMPILED = Path("compiled/optimize_and_deploy.yaml")
 
@@ -44,7 +44,7 @@ def _check_output_file(path: Path, flag: str) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from pipelines.compile import compile_pipeline
+    from vxdeploy.pipelines.compile import compile_pipeline
 
     _check_output_file(Path(args.output), "--output")
     try:
@@ -64,8 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from components.common.interrupts import signals_raise
-    from pipelines.local_run import check_workdir, default_workdir, print_result, run_local
+    from vxdeploy.components.common.interrupts import signals_raise
+    from vxdeploy.pipelines.local_run import check_workdir, default_workdir, print_result, run_local
 
     workdir = Path(args.workdir) if args.workdir else default_workdir()
     check_workdir(workdir)
@@ -90,7 +90,7 @@ def _validated_subject(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.report import rebuild_reports
+    from vxdeploy.pipelines.report import rebuild_reports
 
     for kind, path in rebuild_reports(args.run_dir).items():
         print(f"wrote {kind}: {path}")
@@ -98,7 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from components.validate.checks import validate_run
+    from vxdeploy.components.validate.checks import validate_run
 
     config = _config_from_args(args)
     report = validate_run(config, subject=_validated_subject(args), check_task_images=args.images)
@@ -186,7 +186,7 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
 
 def _add_cloud_commands(sub: Any) -> None:
     try:
-        from pipelines import rollback, schedule, submit
+        from vxdeploy.pipelines import rollback, schedule, submit
     except ModuleNotFoundError as exc:  # core install: the commands are there, and say what they need
         if missing_extra(exc) is None:
             raise

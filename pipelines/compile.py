@@ -14,9 +14,9 @@ from google.protobuf import json_format
 from kfp.compiler import pipeline_spec_builder
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.common import images
-from components.common.errors import ConfigError
-from pipelines.optimize_and_deploy import optimize_and_deploy
+from vxdeploy.components.common import images
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.pipelines.optimize_and_deploy import optimize_and_deploy
 
 _REGISTRY_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)+$")
 
@@ -158,7 +158,7 @@ def check_compiled(committed: Path) -> list[str]:
 
 
 def main() -> int:
-    """``python -m pipelines.compile --check``: exit 1 when compiled/ is out of date."""
+    """``python -m vxdeploy.pipelines.compile --check``: exit 1 when compiled/ is out of date."""
     import sys
 
     target = Path("compiled/optimize_and_deploy.yaml")

@@ -2,7 +2,7 @@
 
 Each task's output (kfp's executor input and logs, the stage's own lines) goes to
 ``<workdir>/logs/<task>.log``; the terminal gets a line as each stage starts and ends, with the
-progress of long work in between (:mod:`pipelines.terminal`), or, with ``verbose``, every task's
+progress of long work in between (:mod:`vxdeploy.pipelines.terminal`), or, with ``verbose``, every task's
 output as it comes (a failing task's traceback still goes to its log only). Ctrl-C or SIGTERM ends
 every task and server the run started, writes the report with status ``interrupted`` and leaves no
 temp folders. The workdir is made only once the preflight checks passed, and a failed or
@@ -25,26 +25,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from components.common.config import RunConfig
-from components.common.errors import ConfigError, VxdeployError
-from components.common.interrupts import (
+from vxdeploy.components.common.config import RunConfig
+from vxdeploy.components.common.errors import ConfigError, VxdeployError
+from vxdeploy.components.common.interrupts import (
     Interrupted,
     child_processes,
     end_processes,
     session_of,
     signals_raise,
 )
-from components.common.progress import PROGRESS_FILE_ENV, progress_file
-from components.common.stage import error_record, write_failure_report
-from components.report.build import stage_headline
-from pipelines.report import (
+from vxdeploy.components.common.progress import PROGRESS_FILE_ENV, progress_file
+from vxdeploy.components.common.stage import error_record, write_failure_report
+from vxdeploy.components.report.build import stage_headline
+from vxdeploy.pipelines.report import (
     STAGE_TASKS,
     build_report,
     find_run_root,
     load_stage_reports,
     write_reports,
 )
-from pipelines.terminal import ProgressTail, RunView, kfp_local_warnings_filtered
+from vxdeploy.pipelines.terminal import ProgressTail, RunView, kfp_local_warnings_filtered
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
 LOG_TAIL_LINES = 12
@@ -131,7 +131,7 @@ def make_workdir(workdir: str | Path, flag: str = "--workdir") -> Path:
 
 def preflight(config: RunConfig) -> None:
     """Run the validate-first checks in-process before starting any task (fast, clear errors)."""
-    from components.validate.checks import validate_run
+    from vxdeploy.components.validate.checks import validate_run
 
     validate_run(config, subject="run config").raise_if_failed()
 
@@ -283,7 +283,7 @@ def _capture_task_logs(folder: Path, logs: TaskLogs | None = None) -> Iterator[T
 
 @contextmanager
 def _progress_channel(path: Path, view: RunView | None) -> Iterator[None]:
-    """Tasks report progress to ``path`` (:mod:`components.common.progress`); ``view`` draws it."""
+    """Tasks report progress to ``path`` (:mod:`vxdeploy.components.common.progress`); ``view`` draws it."""
     if view is None:
         yield
         return
@@ -383,7 +383,7 @@ def run_local(
     """
     from kfp import local
 
-    from pipelines.optimize_and_deploy import optimize_and_deploy
+    from vxdeploy.pipelines.optimize_and_deploy import optimize_and_deploy
 
     check_workdir(workdir)
     if not skip_preflight:

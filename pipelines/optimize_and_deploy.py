@@ -5,19 +5,19 @@ This module only wires components; each stage's logic lives in ``components/``.
 
 from kfp import dsl
 
-from components.calibrate.component import calibrate_int8
-from components.canary.component import rollback_on_failure, run_canary
-from components.common.run_parameters import root_parameter_defaults
-from components.compile.component import compile_candidates
-from components.deploy.component import deploy_to_endpoint
-from components.export.component import export_onnx
-from components.intake.component import intake_model
-from components.monitoring.component import setup_monitoring
-from components.package.component import package_triton_repository, serve_check
-from components.package.triton_install import SERVING_IMAGE_TRITON, TRITON_ROOT_ENV
-from components.report.component import write_run_report
-from components.select.component import select_candidate
-from components.validate.component import validate_run_inputs
+from vxdeploy.components.calibrate.component import calibrate_int8
+from vxdeploy.components.canary.component import rollback_on_failure, run_canary
+from vxdeploy.components.common.run_parameters import root_parameter_defaults
+from vxdeploy.components.compile.component import compile_candidates
+from vxdeploy.components.deploy.component import deploy_to_endpoint
+from vxdeploy.components.export.component import export_onnx
+from vxdeploy.components.intake.component import intake_model
+from vxdeploy.components.monitoring.component import setup_monitoring
+from vxdeploy.components.package.component import package_triton_repository, serve_check
+from vxdeploy.components.package.triton_install import SERVING_IMAGE_TRITON, TRITON_ROOT_ENV
+from vxdeploy.components.report.component import write_run_report
+from vxdeploy.components.select.component import select_candidate
+from vxdeploy.components.validate.component import validate_run_inputs
 
 PIPELINE_NAME = "vxdeploy-optimize-and-deploy"
 _DEFAULTS = root_parameter_defaults()

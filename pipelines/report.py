@@ -1,6 +1,6 @@
 """A local run's reports: its stage reports gathered into ``report.json``, ``report.md`` and ``report.html``.
 
-The report itself is built by :mod:`components.report` (the pipeline's ``write-run-report`` task
+The report itself is built by :mod:`vxdeploy.components.report` (the pipeline's ``write-run-report`` task
 uses the same builder); this module knows where kfp.local leaves a run's stage reports.
 """
 
@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import ConfigError
-from components.common.stage import write_json, write_text_atomic
-from components.report import build
-from components.report.build import render_markdown
-from components.report.html import render_html
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.components.common.stage import write_json, write_text_atomic
+from vxdeploy.components.report import build
+from vxdeploy.components.report.build import render_markdown
+from vxdeploy.components.report.html import render_html
 
 __all__ = [
     "STAGE_TASKS",
@@ -82,7 +82,7 @@ def build_report(
     error: str = "",
     wall_s: float = 0.0,
 ) -> dict[str, Any]:
-    """The machine-readable report of one local run (:func:`components.report.build.build_report`)."""
+    """The machine-readable report of a local run (:func:`vxdeploy.components.report.build.build_report`)."""
     artifacts = {stage: str(run_root / task) for stage, task in STAGE_TASKS} if run_root else {}
     return build.build_report(
         reports,

@@ -14,12 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.cloud.endpoints import find_endpoint, serving_split
-from components.cloud.lease import RolloutLease, read_lease
-from components.cloud.recovery import recover_until_deadline
-from components.cloud.vertex import VertexApi, connect
-from components.common.config import DeploymentConfig
-from components.common.errors import UserError
+from vxdeploy.components.cloud.endpoints import find_endpoint, serving_split
+from vxdeploy.components.cloud.lease import RolloutLease, read_lease
+from vxdeploy.components.cloud.recovery import recover_until_deadline
+from vxdeploy.components.cloud.vertex import VertexApi, connect
+from vxdeploy.components.common.config import DeploymentConfig
+from vxdeploy.components.common.errors import UserError
 
 DEFAULT_DEADLINE_S = 1800.0
 
@@ -117,7 +117,7 @@ def rollback_endpoint(
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from components.common.config import load_config
+    from vxdeploy.components.common.config import load_config
 
     config = load_config(args.config, {}) if args.config else None
     deployment = deployment_for(

@@ -20,10 +20,10 @@ from google.api_core import exceptions as api_exceptions
 from google.auth.credentials import Credentials
 from google.cloud import aiplatform_v1
 
-from components.cloud.vertex import vertex_client
-from components.common.config import RunConfig
-from components.common.errors import CloudOperationError, ConfigError, UserError
-from pipelines.submit import (
+from vxdeploy.components.cloud.vertex import vertex_client
+from vxdeploy.components.common.config import RunConfig
+from vxdeploy.components.common.errors import CloudOperationError, ConfigError, UserError
+from vxdeploy.pipelines.submit import (
     DEFAULT_LOCATION,
     DEFAULT_TEMPLATE,
     BucketCheck,

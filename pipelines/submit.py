@@ -27,12 +27,12 @@ from google.auth.credentials import Credentials
 from google.cloud import aiplatform_v1
 from google.protobuf import json_format
 
-from components.cloud.labels import label_value
-from components.cloud.vertex import vertex_api_endpoint, vertex_client
-from components.common.config import RunConfig, load_config, parse_set_override
-from components.common.errors import CloudOperationError, ConfigError, UserError
-from components.common.images import VERSION
-from components.common.uris import localize
+from vxdeploy.components.cloud.labels import label_value
+from vxdeploy.components.cloud.vertex import vertex_api_endpoint, vertex_client
+from vxdeploy.components.common.config import RunConfig, load_config, parse_set_override
+from vxdeploy.components.common.errors import CloudOperationError, ConfigError, UserError
+from vxdeploy.components.common.images import VERSION
+from vxdeploy.components.common.uris import localize
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "compiled" / "optimize_and_deploy.yaml"
 """The compiled pipeline shipped with the package (package data ``vxdeploy.compiled``; in a checkout,

@@ -5,7 +5,7 @@ long work in between. On a terminal the progress is one line redrawn in place (`
 anywhere else (CI, a pipe, a file) every line is plain text and the running stage is repeated
 after :data:`HEARTBEAT_S`, then each time its running time doubles (30 s, 60 s, 120 s, ...), so
 the whole run stays a few dozen lines however slow the machine. The progress comes from
-the tasks through :mod:`components.common.progress`'s side channel, tailed by :class:`ProgressTail`.
+the tasks through :mod:`vxdeploy.components.common.progress`'s side channel, tailed by :class:`ProgressTail`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from components.common.progress import ProgressEvent, read_events
+from vxdeploy.components.common.progress import ProgressEvent, read_events
 
 # Plain output repeats the running stage (with its progress) after it ran this long, then at twice that, ...
 HEARTBEAT_S = 30.0

@@ -1,7 +1,8 @@
 """Retraining-to-deploy trigger: an HTTP service that submits a vxdeploy run when a model version appears.
 
-Deploy it on Cloud Run from the runner image, whose default command is ``python -m pipelines.trigger``.
-It accepts, from callers that prove who they are (:mod:`pipelines.trigger_auth`: a Google-signed
+Deploy it on Cloud Run from the runner image; its default command is
+``python -m vxdeploy.pipelines.trigger``.
+It accepts, from callers that prove who they are (:mod:`vxdeploy.pipelines.trigger_auth`: a Google-signed
 OIDC ID token of an allowed service account, as a Pub/Sub push subscription or an Eventarc trigger
 sends it),
 
@@ -12,7 +13,7 @@ sends it),
   (``google.cloud.audit.log.v1.written`` for ``ModelService.UploadModel`` or
   ``ModelService.MergeVersionAliases``),
 
-and submits the compiled pipeline through :func:`pipelines.submit.submit_pipeline` with
+and submits the compiled pipeline through :func:`vxdeploy.pipelines.submit.submit_pipeline` with
 ``model.uri`` set to that version. The job id derives from the event id (or, for an event without
 one, from its content), so a redelivered event finds the run it already started instead of
 starting a second one. A message that can never name a model (a poison message) is acknowledged
@@ -44,11 +45,17 @@ from socketserver import ThreadingMixIn
 from typing import Any, BinaryIO, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
-from components.common.config import load_config
-from components.common.errors import CloudOperationError, ConfigError, UserError, VxdeployError
-from components.common.registry import is_registry_uri, parse_registry_uri
-from pipelines.submit import DEFAULT_LOCATION, BucketCheck, SubmittedRun, check_pipeline_root, submit_pipeline
-from pipelines.trigger_auth import (
+from vxdeploy.components.common.config import load_config
+from vxdeploy.components.common.errors import CloudOperationError, ConfigError, UserError, VxdeployError
+from vxdeploy.components.common.registry import is_registry_uri, parse_registry_uri
+from vxdeploy.pipelines.submit import (
+    DEFAULT_LOCATION,
+    BucketCheck,
+    SubmittedRun,
+    check_pipeline_root,
+    submit_pipeline,
+)
+from vxdeploy.pipelines.trigger_auth import (
     AUTH_MODES,
     GOOGLE_CERTS_URL,
     AuthMode,
@@ -844,7 +851,7 @@ def listen_address(env: Mapping[str, str] | None = None) -> tuple[str, int]:
 
 
 def main() -> int:
-    """``python -m pipelines.trigger``: serve until stopped; exit 2 when the settings are wrong."""
+    """``python -m vxdeploy.pipelines.trigger``: serve until stopped; exit 2 when the settings are wrong."""
     try:
         settings = TriggerSettings.from_env()
         host, port = listen_address()

@@ -24,7 +24,7 @@ from google.auth import exceptions as auth_exceptions
 from google.auth import jwt
 from google.auth import transport as auth_transport
 
-from components.common.errors import CloudOperationError, VxdeployError
+from vxdeploy.components.common.errors import CloudOperationError, VxdeployError
 
 #: Google's token-signing certificates, in the ``{key id: PEM certificate}`` form ``jwt.decode`` reads.
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"

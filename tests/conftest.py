@@ -16,7 +16,7 @@ os.environ.setdefault("VXDEPLOY_ORT_ALLOW_SPINNING", "0")
 
 import pytest  # noqa: E402
 
-from components.common import builtin  # noqa: E402
+from vxdeploy.components.common import builtin  # noqa: E402
 
 
 def _has_cuda() -> bool:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from components.calibrate.samples import BatchReader
-from components.common.config import QuantizationConfig
-from components.common.errors import ConfigError, InternalError
+from vxdeploy.components.calibrate.samples import BatchReader
+from vxdeploy.components.common.config import QuantizationConfig
+from vxdeploy.components.common.errors import ConfigError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -573,8 +573,8 @@ def fusion_mismatch(
     batch_sizes: Sequence[int],
 ) -> str:
     """Why the fused graph does not answer like the unfused one on ``inputs`` ('' when it does)."""
-    from components.verify.compare import row_cosines
-    from components.verify.runners import run_onnxruntime
+    from vxdeploy.components.verify.compare import row_cosines
+    from vxdeploy.components.verify.runners import run_onnxruntime
 
     reference = run_onnxruntime(fp32_path, inputs, batch_sizes)
     candidate = run_onnxruntime(fused_path, inputs, batch_sizes)

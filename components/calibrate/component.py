@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.common.images import OPTIMIZER_IMAGE
+from vxdeploy.components.common.images import OPTIMIZER_IMAGE
 
 
 @dsl.component(base_image=OPTIMIZER_IMAGE, install_kfp_package=False)
@@ -37,7 +37,7 @@ def calibrate_int8(
         table: The accuracy table at each exclusion step.
         report: This stage's JSON report.
     """
-    from components.calibrate import stage
+    from vxdeploy.components.calibrate import stage
 
     stage.run(
         onnx_model,

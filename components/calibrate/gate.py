@@ -1,6 +1,6 @@
 """The INT8 accuracy gate: a Q/DQ model measured against FP32 on held-out data, and layer sensitivity.
 
-The verdict comes from the one accuracy gate (:mod:`components.verify.accuracy`): each output by
+The verdict comes from the one accuracy gate (:mod:`vxdeploy.components.verify.accuracy`): each output by
 its task's metric (for a classifier the drop in task accuracy with labels, else in top-1 agreement
 with FP32, in points). The mean per-row cosine is gated too: it is what exposes a saturating
 integer kernel (S8S8 on CPUs without VNNI) even where top-1 happens to survive.
@@ -15,15 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from components.common.signature import TensorSpec
-from components.verify.accuracy import (
+from vxdeploy.components.common.signature import TensorSpec
+from vxdeploy.components.verify.accuracy import (
     AccuracyResult,
     OutputMetric,
     default_metric,
     measure_accuracy,
     targets_for,
 )
-from components.verify.compare import OutputComparison
+from vxdeploy.components.verify.compare import OutputComparison
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def measure(
 ) -> GateMeasure:
     """Measure a quantized model's outputs against FP32's and decide whether it is within budget.
 
-    The verdict is the one accuracy gate's (:func:`components.verify.accuracy.measure_accuracy`),
+    The verdict is the one accuracy gate's (:func:`vxdeploy.components.verify.accuracy.measure_accuracy`),
     the same selection uses: each output judged by its own task and metric.
 
     Args:
@@ -98,7 +98,7 @@ def measure(
         accuracy_budget: Largest drop allowed, in percentage points.
         min_cosine: Smallest mean per-row cosine allowed on cosine-gated outputs.
         excluded_layers: Layers kept in FP32 in this candidate (recorded only).
-        metrics: Each output's task and metric (:func:`components.verify.accuracy.output_metrics`).
+        metrics: Each output's task and metric (:func:`vxdeploy.components.verify.accuracy.output_metrics`).
         targets: Per-output targets (``labels/<output>`` in the data).
     """
     if metrics is None:
@@ -180,7 +180,7 @@ def activation_errors(
     import onnx
     from onnx import numpy_helper
 
-    from components.verify.runners import run_onnxruntime
+    from vxdeploy.components.verify.runners import run_onnxruntime
 
     model = onnx.load(str(fp32_path))
     by_name = {n.name: n for n in model.graph.node}

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from components.calibrate.backends import (
+from vxdeploy.components.calibrate.backends import (
     DYNAMIC_OP_TYPES,
     NUM_QUANTIZED_BINS,
     CalibrationRanges,
@@ -41,21 +41,21 @@ from components.calibrate.backends import (
     quantize_onnxruntime,
     resolve_backend,
 )
-from components.calibrate.gate import (
+from vxdeploy.components.calibrate.gate import (
     GateMeasure,
     activation_errors,
     badness,
     measure,
     quantized_layers,
 )
-from components.calibrate.samples import check_calibration_samples
-from components.common.config import DataConfig, QuantizationConfig
-from components.common.data import Dataset, check_inputs
-from components.common.errors import DataError
-from components.common.signature import ModelSignature
-from components.common.stage import markdown_table, write_json, write_text_atomic
-from components.verify.accuracy import output_metrics
-from components.verify.runners import onnxruntime_session, run_onnxruntime
+from vxdeploy.components.calibrate.samples import check_calibration_samples
+from vxdeploy.components.common.config import DataConfig, QuantizationConfig
+from vxdeploy.components.common.data import Dataset, check_inputs
+from vxdeploy.components.common.errors import DataError
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.common.stage import markdown_table, write_json, write_text_atomic
+from vxdeploy.components.verify.accuracy import output_metrics
+from vxdeploy.components.verify.runners import onnxruntime_session, run_onnxruntime
 
 log = logging.getLogger(__name__)
 

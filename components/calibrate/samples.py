@@ -1,7 +1,7 @@
 """Calibration samples: checked against the model's signature and fed to a calibrator in batches.
 
 :func:`check_calibration_samples` runs the shared array checks (names, shapes, dtypes, NaN/Inf)
-because :func:`components.calibrate.int8.calibrate_int8` can be called with arrays that never
+because :func:`vxdeploy.components.calibrate.int8.calibrate_int8` can be called with arrays that never
 went through a file, and adds the sample-count rules: too few is an error (never a silent
 fall-back to random scales), few is a warning.
 """
@@ -13,10 +13,10 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from components.common import progress
-from components.common.data import Dataset, check_inputs
-from components.common.errors import DataError
-from components.common.signature import ModelSignature
+from vxdeploy.components.common import progress
+from vxdeploy.components.common.data import Dataset, check_inputs
+from vxdeploy.components.common.errors import DataError
+from vxdeploy.components.common.signature import ModelSignature
 
 
 class FewCalibrationSamplesWarning(UserWarning):

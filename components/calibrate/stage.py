@@ -1,12 +1,12 @@
-"""Calibration stage: artifacts in and out around :func:`components.calibrate.int8.calibrate_int8`."""
+"""Calibration stage: artifacts around :func:`vxdeploy.components.calibrate.int8.calibrate_int8`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from components.calibrate.backends import effective_reduce_range
-from components.calibrate.int8 import (
+from vxdeploy.components.calibrate.backends import effective_reduce_range
+from vxdeploy.components.calibrate.int8 import (
     QDQ_FILE,
     RANGES_FILE,
     TABLE_JSON,
@@ -14,11 +14,17 @@ from components.calibrate.int8 import (
     accuracy_markdown,
     calibrate_int8,
 )
-from components.common.artifacts import CalibratedModel, OnnxModel
-from components.common.config import DataConfig, QuantizationConfig, SelectionConfig, parse_section
-from components.common.data import load_dataset
-from components.common.stage import StageReport, log_metrics, reports_failure, timed, write_text_atomic
-from components.export.onnx_export import sha256_file
+from vxdeploy.components.common.artifacts import CalibratedModel, OnnxModel
+from vxdeploy.components.common.config import DataConfig, QuantizationConfig, SelectionConfig, parse_section
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.stage import (
+    StageReport,
+    log_metrics,
+    reports_failure,
+    timed,
+    write_text_atomic,
+)
+from vxdeploy.components.export.onnx_export import sha256_file
 
 
 @reports_failure("calibrate")

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.canary.metrics import WindowStats
-from components.common.config import CanaryConfig
+from vxdeploy.components.canary.metrics import WindowStats
+from vxdeploy.components.common.config import CanaryConfig
 
 
 @dataclass(frozen=True)

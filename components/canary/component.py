@@ -4,7 +4,7 @@ from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from components.common.images import RUNNER_IMAGE
+from vxdeploy.components.common.images import RUNNER_IMAGE
 
 
 @dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
@@ -41,7 +41,7 @@ def run_canary(
         table: The step table.
         report: This stage's JSON report.
     """
-    from components.canary import stage
+    from vxdeploy.components.canary import stage
 
     stage.run(
         vertex_endpoint,
@@ -100,7 +100,7 @@ def rollback_on_failure(
     parameters = {
         name: value for name, value in locals().items() if name not in ("status", "run_id", "report")
     }
-    from components.canary import stage
-    from components.common.run_parameters import section_data
+    from vxdeploy.components.canary import stage
+    from vxdeploy.components.common.run_parameters import section_data
 
     stage.run_rollback(status, section_data("deployment", parameters), run_id, report)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from components.cloud.monitoring import metric_client
-from components.cloud.retry import RetryPolicy
+from vxdeploy.components.cloud.monitoring import metric_client
+from vxdeploy.components.cloud.retry import RetryPolicy
 
 RESOURCE_TYPE = "aiplatform.googleapis.com/Endpoint"
 RESPONSE_COUNT = "aiplatform.googleapis.com/prediction/online/response_count"

@@ -19,13 +19,13 @@ from typing import Any, Literal
 import numpy as np
 from google.api_core import exceptions as gexc
 
-from components.canary.analysis import Analysis, analyse
-from components.canary.metrics import MetricsSource, WindowStats, combine
-from components.canary.smoke import SmokeResult, smoke_test
-from components.cloud.aliases import PROMOTED_ALIASES, merge_aliases
-from components.cloud.endpoints import apportion, deployed_ids, get_endpoint, serving_split
-from components.cloud.labels import label_value
-from components.cloud.lease import (
+from vxdeploy.components.canary.analysis import Analysis, analyse
+from vxdeploy.components.canary.metrics import MetricsSource, WindowStats, combine
+from vxdeploy.components.canary.smoke import SmokeResult, smoke_test
+from vxdeploy.components.cloud.aliases import PROMOTED_ALIASES, merge_aliases
+from vxdeploy.components.cloud.endpoints import apportion, deployed_ids, get_endpoint, serving_split
+from vxdeploy.components.cloud.labels import label_value
+from vxdeploy.components.cloud.lease import (
     CLEANED,
     LAST_PHASE_KEY,
     LAST_RUN_KEY,
@@ -35,16 +35,16 @@ from components.cloud.lease import (
     read_lease,
     update_lease,
 )
-from components.cloud.recovery import (
+from vxdeploy.components.cloud.recovery import (
     RollbackResult,
     StrandedRolloutError,
     recover_until_deadline,
     roll_back_rollout,
 )
-from components.cloud.vertex import VertexApi, resource_id
-from components.common import progress
-from components.common.config import CanaryConfig, DeploymentConfig
-from components.common.errors import CloudOperationError
+from vxdeploy.components.cloud.vertex import VertexApi, resource_id
+from vxdeploy.components.common import progress
+from vxdeploy.components.common.config import CanaryConfig, DeploymentConfig
+from vxdeploy.components.common.errors import CloudOperationError
 
 __all__ = ["PROMOTED_ALIASES", "CanaryResult", "ExitRollback", "StepRecord", "run_canary", "split_for_step"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import requests
 from google.cloud import aiplatform_v1
 
-from components.cloud.vertex import VertexApi
+from vxdeploy.components.cloud.vertex import VertexApi
 
 KSERVE_DATATYPES = {
     "float32": "FP32",

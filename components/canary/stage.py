@@ -1,4 +1,4 @@
-"""Canary stage: artifacts around :func:`components.canary.rollout.run_canary`, and the exit handler."""
+"""Canary stage: artifacts around :func:`vxdeploy.components.canary.rollout.run_canary`; the exit handler."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from components.canary.metrics import CloudMonitoringMetricsSource, MetricsSource
-from components.canary.rollout import CanaryResult, roll_back_failed_run, run_canary
-from components.cloud.endpoints import find_endpoint
-from components.cloud.recovery import StrandedRolloutError
-from components.cloud.vertex import VertexApi, connect
-from components.common.artifacts import VertexEndpoint, VertexModel
-from components.common.config import CanaryConfig, DeploymentConfig, parse_section
-from components.common.errors import CanaryRolledBackError, CloudOperationError, UserError
-from components.common.stage import (
+from vxdeploy.components.canary.metrics import CloudMonitoringMetricsSource, MetricsSource
+from vxdeploy.components.canary.rollout import CanaryResult, roll_back_failed_run, run_canary
+from vxdeploy.components.cloud.endpoints import find_endpoint
+from vxdeploy.components.cloud.recovery import StrandedRolloutError
+from vxdeploy.components.cloud.vertex import VertexApi, connect
+from vxdeploy.components.common.artifacts import VertexEndpoint, VertexModel
+from vxdeploy.components.common.config import CanaryConfig, DeploymentConfig, parse_section
+from vxdeploy.components.common.errors import CanaryRolledBackError, CloudOperationError, UserError
+from vxdeploy.components.common.stage import (
     StageReport,
     log_metrics,
     markdown_table,

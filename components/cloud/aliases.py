@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from google.cloud import aiplatform_v1
 
-from components.cloud.vertex import VertexApi, call, same_resource
+from vxdeploy.components.cloud.vertex import VertexApi, call, same_resource
 
 PROMOTED_ALIASES = ("production", "default")
 """The aliases a promoted version takes (``default`` is what an unversioned model name resolves to)."""

@@ -11,8 +11,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1
 from google.protobuf import field_mask_pb2
 
-from components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
-from components.cloud.vertex import (
+from vxdeploy.components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
+from vxdeploy.components.cloud.vertex import (
     VertexApi,
     call,
     create_once,
@@ -20,8 +20,8 @@ from components.cloud.vertex import (
     record_gcp_resource,
     wait_for_operation,
 )
-from components.common.config import DeploymentConfig
-from components.common.errors import CloudOperationError, UserError
+from vxdeploy.components.common.config import DeploymentConfig
+from vxdeploy.components.common.errors import CloudOperationError, UserError
 
 _NUMERIC_ID = re.compile(r"^[0-9]+$")
 

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field, replace
 from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1
 
-from components.cloud.endpoints import get_endpoint, serving_split, update_endpoint
-from components.cloud.labels import label_value
-from components.cloud.vertex import VertexApi
-from components.common.errors import CloudOperationError, RolloutConflictError
+from vxdeploy.components.cloud.endpoints import get_endpoint, serving_split, update_endpoint
+from vxdeploy.components.cloud.labels import label_value
+from vxdeploy.components.cloud.vertex import VertexApi
+from vxdeploy.components.common.errors import CloudOperationError, RolloutConflictError
 
 HOLDER_KEY = "vxdeploy-rollout-holder"
 EXPIRES_KEY = "vxdeploy-rollout-expires"
@@ -376,9 +376,9 @@ def read_endpoint_lease(deployment: object, api: VertexApi | None = None) -> Rol
 
     None too when there is no such endpoint yet.
     """
-    from components.cloud.endpoints import find_endpoint
-    from components.cloud.vertex import connect
-    from components.common.config import DeploymentConfig
+    from vxdeploy.components.cloud.endpoints import find_endpoint
+    from vxdeploy.components.cloud.vertex import connect
+    from vxdeploy.components.common.config import DeploymentConfig
 
     assert isinstance(deployment, DeploymentConfig)
     api = api or connect(deployment)

@@ -22,7 +22,7 @@ from google.cloud.monitoring_v3.services.notification_channel_service.transports
     NotificationChannelServiceGrpcTransport,
 )
 
-from components.common.errors import ConfigError
+from vxdeploy.components.common.errors import ConfigError
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 

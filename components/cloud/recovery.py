@@ -16,10 +16,16 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1
 
-from components.cloud.aliases import restore_aliases
-from components.cloud.endpoints import apportion, deployed_ids, get_endpoint, serving_split, undeploy_model
-from components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE, RUN_ID_KEY
-from components.cloud.lease import (
+from vxdeploy.components.cloud.aliases import restore_aliases
+from vxdeploy.components.cloud.endpoints import (
+    apportion,
+    deployed_ids,
+    get_endpoint,
+    serving_split,
+    undeploy_model,
+)
+from vxdeploy.components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE, RUN_ID_KEY
+from vxdeploy.components.cloud.lease import (
     CLEANED,
     ROLLED_BACK,
     RolloutLease,
@@ -28,15 +34,15 @@ from components.cloud.lease import (
     take_over_lease,
     update_lease,
 )
-from components.cloud.retry import describe
-from components.cloud.vertex import (
+from vxdeploy.components.cloud.retry import describe
+from vxdeploy.components.cloud.vertex import (
     VertexApi,
     call,
     cancel_operation,
     get_operation,
     pending_operations,
 )
-from components.common.errors import CloudOperationError, RolloutConflictError
+from vxdeploy.components.common.errors import CloudOperationError, RolloutConflictError
 
 
 class StrandedRolloutError(CloudOperationError):
@@ -64,7 +70,7 @@ def restorable_split(previous: Mapping[str, int], endpoint: aiplatform_v1.Endpoi
 
 
 def _model_labels(api: VertexApi, dm: aiplatform_v1.DeployedModel) -> dict[str, str]:
-    from components.cloud.aliases import versioned_name
+    from vxdeploy.components.cloud.aliases import versioned_name
 
     try:
         model = call(api.models.get_model, aiplatform_v1.GetModelRequest(name=versioned_name(dm)), api=api)
@@ -261,7 +267,7 @@ _RETRIED = (
 
 def _worth_retrying(exc: BaseException) -> bool:
     """Whether a recovery should try again after ``exc``: not after a refusal (403, 400) that will stay."""
-    from components.cloud.retry import is_transient
+    from vxdeploy.components.cloud.retry import is_transient
 
     return is_transient(exc) or isinstance(exc, _RETRIED)
 

@@ -17,7 +17,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 
-from components.common.errors import CloudOperationError, UserError
+from vxdeploy.components.common.errors import CloudOperationError, UserError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Every Vertex AI call of vxdeploy goes through :class:`VertexApi`: the GAPIC ``aiplatform_v1``
 REST clients, pointed at ``{location}-aiplatform.googleapis.com`` or at an override (a test
 fake, a VPC-SC endpoint). Reads and etag-guarded writes go through :func:`call` (the one
-:class:`~components.cloud.retry.RetryPolicy`); creates through :func:`create_once`, which looks
+:class:`~vxdeploy.components.cloud.retry.RetryPolicy`); creates through :func:`create_once`, which looks
 for what a lost create made before sending it again. Long-running operations are
 ``google.api_core.operation.Operation`` futures, resumable by name (:func:`resume_operation`).
 """
@@ -28,10 +28,10 @@ from google.cloud import aiplatform_v1
 from google.longrunning import operations_pb2
 from google.protobuf import empty_pb2
 
-from components.cloud.retry import TRANSIENT_ERRORS, RetryPolicy, describe
-from components.common.config import DeploymentConfig
-from components.common.errors import CloudOperationError
-from components.common.stage import write_json
+from vxdeploy.components.cloud.retry import TRANSIENT_ERRORS, RetryPolicy, describe
+from vxdeploy.components.common.config import DeploymentConfig
+from vxdeploy.components.common.errors import CloudOperationError
+from vxdeploy.components.common.stage import write_json
 
 _T = TypeVar("_T")
 _Client = TypeVar("_Client")
@@ -225,7 +225,7 @@ def create_once(
     Raises:
         CloudOperationError: Transient errors until the deadline, or another failure.
     """
-    from components.cloud.retry import call_with_retry
+    from vxdeploy.components.cloud.retry import call_with_retry
 
     def sent() -> _T:
         return send()

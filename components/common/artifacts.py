@@ -4,7 +4,7 @@ A stage writes an artifact's metadata through its model (``SourceModel(...).writ
 the next stage reads it through the same model (``SourceModel.read(artifact)``), so a missing or
 misspelt field fails where it is read, naming the artifact, the field and the stage that writes it.
 These models are also the contract a component test builds its input artifacts against
-(:mod:`components.testing`).
+(:mod:`vxdeploy.components.testing`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components.common.config import CandidateKind
-from components.common.errors import ModelIntakeError
-from components.common.signature import ModelSignature
+from vxdeploy.components.common.config import CandidateKind
+from vxdeploy.components.common.errors import ModelIntakeError
+from vxdeploy.components.common.signature import ModelSignature
 
 ModelFormat = Literal["torch_export", "torchscript", "onnx"]
 
@@ -62,7 +62,7 @@ class ArtifactMetadata(BaseModel):
             raise ArtifactMetadataError(
                 f"{cls.ARTIFACT} artifact metadata does not follow {cls.__name__} "
                 f"(components/common/artifacts.py): {problems}; it must come from {cls.WRITTEN_BY} "
-                "(in a test, build it with components.testing)"
+                "(in a test, build it with vxdeploy.components.testing)"
             ) from None
 
     @classmethod

@@ -97,7 +97,7 @@ def write_builtin(uri: str, dest_dir: str | Path) -> Path:
 
     Training is deterministic, so the result is cached and copied on later calls.
     """
-    from components.common.uris import copy_atomic
+    from vxdeploy.components.common.uris import copy_atomic
 
     cached = _build_builtin(uri, cache_dir())
     return copy_atomic(cached, Path(dest_dir) / cached.name)
@@ -106,7 +106,7 @@ def write_builtin(uri: str, dest_dir: str | Path) -> Path:
 def _build_builtin(uri: str, dest: Path) -> Path:
     import torch
 
-    from components.common.data import Dataset
+    from vxdeploy.components.common.data import Dataset
 
     name = uri.removeprefix(BUILTIN_PREFIX)
     known = {MODEL: "digits_cnn.pt2", CALIBRATION: "digits_calibration.npz", EVAL: "digits_eval.npz"}
@@ -135,7 +135,7 @@ def _build_builtin(uri: str, dest: Path) -> Path:
         target = dest / "digits_eval.npz"
         Dataset({"input": x_eval}, y_eval).save(target)
         return target
-    from components.common.errors import UserError
+    from vxdeploy.components.common.errors import UserError
 
     raise UserError(
         f"unknown builtin {uri!r}; known: {', '.join(BUILTIN_PREFIX + n for n in (MODEL, CALIBRATION, EVAL))}"

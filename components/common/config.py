@@ -18,8 +18,8 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from components.common.errors import ConfigError
-from components.common.vertex_resources import PROJECT_ID_RE, VERTEX_LOCATIONS, check_machine
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.components.common.vertex_resources import PROJECT_ID_RE, VERTEX_LOCATIONS, check_machine
 
 CandidateKind = Literal[
     "onnxruntime_fp32",
@@ -993,12 +993,12 @@ class RunConfig(_Section):
         return self
 
     def to_pipeline_parameters(self, *, build_on_accelerator: bool = True) -> dict[str, Any]:
-        """The pipeline's root parameter values for this config (:mod:`components.common.run_parameters`).
+        """The pipeline's root parameter values (:mod:`vxdeploy.components.common.run_parameters`).
 
         ``build_on_accelerator=False`` compiles and measures on the CPU the task lands on, as a
         local run does.
         """
-        from components.common.run_parameters import to_pipeline_parameters
+        from vxdeploy.components.common.run_parameters import to_pipeline_parameters
 
         return to_pipeline_parameters(self, build_on_accelerator=build_on_accelerator)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.errors import DataError
-from components.common.signature import ModelSignature
+from vxdeploy.components.common.errors import DataError
+from vxdeploy.components.common.signature import ModelSignature
 
 log = logging.getLogger(__name__)
 

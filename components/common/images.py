@@ -152,10 +152,10 @@ def build_args(name: str) -> dict[str, str]:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m components.common.images names|image-tag|tag|build-args NAME``, for build.sh."""
+    """``python -m vxdeploy.components.common.images names|image-tag|tag|build-args NAME``, for build.sh."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m components.common.images")
+    parser = argparse.ArgumentParser(prog="python -m vxdeploy.components.common.images")
     parser.add_argument("what", choices=("names", "image-tag", "tag", "build-args"))
     parser.add_argument("name", nargs="?", default="")
     parser.add_argument(

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from google.api_core import exceptions as api_exceptions
 
-from components.cloud.labels import label_value
-from components.cloud.vertex import vertex_client
-from components.common.config import DeploymentConfig, ModelConfig
-from components.common.errors import CloudOperationError, ConfigError, ModelIntakeError, UserError
+from vxdeploy.components.cloud.labels import label_value
+from vxdeploy.components.cloud.vertex import vertex_client
+from vxdeploy.components.common.config import DeploymentConfig, ModelConfig
+from vxdeploy.components.common.errors import CloudOperationError, ConfigError, ModelIntakeError, UserError
 
 if TYPE_CHECKING:  # aiplatform_v1 takes a second to import; intake imports this module for every run
     from google.auth.credentials import Credentials

@@ -1,7 +1,7 @@
 """The pipeline's root parameters: flat, typed knobs for what changes per run, plus section overrides.
 
 A console user sets a dozen scalars (``model_uri``, ``calibration_data_uri``, ``deploy``, ...); every
-other field of :class:`~components.common.config.RunConfig` stays reachable through one optional JSON
+other field of :class:`~vxdeploy.components.common.config.RunConfig` stays reachable through one optional JSON
 object per section (``export``, ``deployment``, ...), merged over the defaults. This module is the one
 mapping between a :class:`RunConfig` and those parameters, both ways: the CLI, ``submit``, schedules and
 local runs go through :func:`to_pipeline_parameters`, the pipeline's first task through
@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from components.common.config import SECTIONS, RunConfig, parse_config
-from components.common.errors import ConfigError
+from vxdeploy.components.common.config import SECTIONS, RunConfig, parse_config
+from vxdeploy.components.common.errors import ConfigError
 
 # What Vertex AI Pipelines substitutes with the run's own project and region (the placeholders
 # google_cloud_pipeline_components/_placeholders.py defines and its components default to).

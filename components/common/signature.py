@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from components.common.errors import ConfigError, ModelIntakeError
+from vxdeploy.components.common.errors import ConfigError, ModelIntakeError
 
 if TYPE_CHECKING:
-    from components.common.config import BuildProfile
+    from vxdeploy.components.common.config import BuildProfile
 
 Dim = int | str
 """A dimension: an int when static, a symbol name (e.g. ``"batch"``) when dynamic."""
@@ -53,7 +53,7 @@ class TensorSpec:
     """Outputs only: what the output is for (``classification``, ``embedding``, ``regression``,
     ``generic``), set at intake from ``model.task`` / ``model.metrics``; '' when not set."""
     metric: str = ""
-    """Outputs only: the metric the accuracy budget applies to (see :mod:`components.verify.accuracy`)."""
+    """Outputs only: the metric the accuracy budget is on (:mod:`vxdeploy.components.verify.accuracy`)."""
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
@@ -439,7 +439,7 @@ def resolve_dim_profiles(
         ConfigError: for a name that is no dynamic dim of the model (torch's auto symbols such as
             ``s53`` included), or a profile that does not cover the data.
     """
-    from components.common.config import BuildProfile
+    from vxdeploy.components.common.config import BuildProfile
 
     observed = signature.dim_ranges if observed is None else observed
     dims = signature.dynamic_dims()

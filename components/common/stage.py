@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from components.common.errors import ConfigError, InternalError, UserError, VxdeployError
-from components.common.interrupts import signals_raise
+from vxdeploy.components.common.errors import ConfigError, InternalError, UserError, VxdeployError
+from vxdeploy.components.common.interrupts import signals_raise
 
 Status = Literal["succeeded", "skipped", "failed", "interrupted"]
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from components.common.errors import UserError
+from vxdeploy.components.common.errors import UserError
 
 
 def localize(uri: str, dest_dir: str | Path, *, what: str) -> Path:

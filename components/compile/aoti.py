@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.common import signature as signatures
-from components.common.errors import CandidateUnavailable, ParityError
-from components.common.signature import ModelSignature
-from components.verify.compare import ParityTolerance, check_parity
-from components.verify.runners import AotiRunner, TorchRunner
+from vxdeploy.components.common import signature as signatures
+from vxdeploy.components.common.errors import CandidateUnavailable, ParityError
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.verify.compare import ParityTolerance, check_parity
+from vxdeploy.components.verify.runners import AotiRunner, TorchRunner
 
 PACKAGE_FILE = "model.pt2"
 # The compiled model must match the program it came from up to float reassociation.

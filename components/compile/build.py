@@ -16,12 +16,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components.common.config import CompilationConfig
-from components.common.errors import CandidateUnavailable, ConfigError
-from components.common.signature import ModelSignature
-from components.common.stage import write_json
-from components.compile import aoti, ort, tensorrt
-from components.compile.candidates import (
+from vxdeploy.components.common.config import CompilationConfig
+from vxdeploy.components.common.errors import CandidateUnavailable, ConfigError
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.common.stage import write_json
+from vxdeploy.components.compile import aoti, ort, tensorrt
+from vxdeploy.components.compile.candidates import (
     Candidate,
     CandidateManifest,
     candidate_folder,
@@ -29,7 +29,7 @@ from components.compile.candidates import (
     sha256_file,
     write_manifest,
 )
-from components.compile.fp16 import convert_onnx_to_fp16
+from vxdeploy.components.compile.fp16 import convert_onnx_to_fp16
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +257,8 @@ def _fused_transformer(onnx_path: Path, signature: ModelSignature, work: Path) -
     and answers like the unfused one (per-sample cosine) on sample inputs; otherwise, and for
     graphs without attention (CNNs), the export's graph is served as it is.
     """
-    from components.calibrate.backends import FUSED_ATTENTION_OPS, fuse_transformer, fusion_mismatch
-    from components.calibrate.int8 import has_attention
+    from vxdeploy.components.calibrate.backends import FUSED_ATTENTION_OPS, fuse_transformer, fusion_mismatch
+    from vxdeploy.components.calibrate.int8 import has_attention
 
     if onnx_path.stat().st_size > _FUSE_MAX_BYTES or not has_attention(onnx_path):
         return onnx_path, {}

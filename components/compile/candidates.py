@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from components.common.errors import InternalError
-from components.common.signature import ModelSignature
-from components.common.stage import write_json
+from vxdeploy.components.common.errors import InternalError
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.common.stage import write_json
 
 MANIFEST = "manifest.json"
 CandidateStatus = Literal["built", "skipped", "failed"]

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
-from components.common.images import OPTIMIZER_IMAGE
+from vxdeploy.components.common.images import OPTIMIZER_IMAGE
 
 
 @dsl.component(base_image=OPTIMIZER_IMAGE, install_kfp_package=False)
@@ -35,7 +35,7 @@ def compile_candidates(
         metrics: Candidates built and skipped.
         report: This stage's JSON report.
     """
-    from components.compile import stage
+    from vxdeploy.components.compile import stage
 
     stage.run(
         source_model,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from components.common.errors import CandidateUnavailable
+from vxdeploy.components.common.errors import CandidateUnavailable
 
 Fp16Converter = Literal["auto", "modelopt", "onnxconverter"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from components.common.errors import ConfigError, InternalError
+from vxdeploy.components.common.errors import ConfigError, InternalError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import CandidateUnavailable
-from components.common.stage import write_json
+from vxdeploy.components.common.errors import CandidateUnavailable
+from vxdeploy.components.common.stage import write_json
 
 SESSION_OPTIONS_FILE = "session_options.json"
 MODEL_FILE = "model.onnx"

@@ -1,16 +1,16 @@
-"""Compile stage: artifacts in and out around :func:`components.compile.build.build_candidates`."""
+"""Compile stage: artifacts in and out around :func:`vxdeploy.components.compile.build.build_candidates`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import CalibratedModel, Candidates, OnnxModel, SourceModel
-from components.common.config import CompilationConfig, parse_section
-from components.common.errors import ConfigError
-from components.common.stage import StageReport, log_metrics, reports_failure, timed
-from components.compile.build import CompileSources, build_candidates
-from components.compile.gpus import check_build_hardware
+from vxdeploy.components.common.artifacts import CalibratedModel, Candidates, OnnxModel, SourceModel
+from vxdeploy.components.common.config import CompilationConfig, parse_section
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.components.common.stage import StageReport, log_metrics, reports_failure, timed
+from vxdeploy.components.compile.build import CompileSources, build_candidates
+from vxdeploy.components.compile.gpus import check_build_hardware
 
 
 def artifact_file(artifact: Any, name: str) -> Path | None:

@@ -2,7 +2,7 @@
 
 TensorRT 11 networks are always strongly typed: there are no precision builder flags and no
 calibrators. An FP32 engine comes from the FP32 ONNX, an FP16 engine from the ONNX converted to
-FP16 first (:mod:`components.compile.fp16`), an INT8 engine from the explicit Q/DQ ONNX.
+FP16 first (:mod:`vxdeploy.components.compile.fp16`), an INT8 engine from the explicit Q/DQ ONNX.
 
 ``tensorrt`` is imported only when an engine is built or run; without it (or without a GPU) the
 candidate is skipped with :class:`CandidateUnavailable`. Everything that can be decided without a
@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common.config import CompilationConfig
-from components.common.errors import CandidateUnavailable, ConfigError, InternalError, UserError
-from components.common.signature import BATCH_DIM, ModelSignature, resolve_dim_profiles
-from components.compile.gpus import gpu_family, resolve_gpu
+from vxdeploy.components.common.config import CompilationConfig
+from vxdeploy.components.common.errors import CandidateUnavailable, ConfigError, InternalError, UserError
+from vxdeploy.components.common.signature import BATCH_DIM, ModelSignature, resolve_dim_profiles
+from vxdeploy.components.compile.gpus import gpu_family, resolve_gpu
 
 ENGINE_FILE = "model.plan"
 ENGINE_METADATA_FILE = "engine.json"
@@ -73,7 +73,7 @@ def optimization_profile(cfg: CompilationConfig, signature: ModelSignature) -> d
 
     Static dims are fixed; the batch dim takes ``compilation.batch_profile``; every other dynamic
     dim takes ``compilation.dim_profiles[<input>.<axis>]``, by default the range the data showed
-    at intake (:func:`~components.common.signature.resolve_dim_profiles`).
+    at intake (:func:`~vxdeploy.components.common.signature.resolve_dim_profiles`).
 
     Raises:
         ConfigError: when a dynamic dim has no profile, or ``dim_profiles`` names a dim the

@@ -4,10 +4,14 @@ Plain functions the selection stage calls on its measured figures:
 :func:`check_service_levels`, :func:`estimate_costs` and :func:`require_feasible`.
 """
 
-from components.cost.estimate import HOURS_PER_MONTH, CandidateCost, CostReport, estimate_costs
-from components.cost.measured import MeasuredCandidate, local_cpu_description, vertex_accelerator_name
-from components.cost.prices import AcceleratorPrice, MachinePrice, PriceTable, load_price_table
-from components.cost.service_levels import (
+from vxdeploy.components.cost.estimate import HOURS_PER_MONTH, CandidateCost, CostReport, estimate_costs
+from vxdeploy.components.cost.measured import (
+    MeasuredCandidate,
+    local_cpu_description,
+    vertex_accelerator_name,
+)
+from vxdeploy.components.cost.prices import AcceleratorPrice, MachinePrice, PriceTable, load_price_table
+from vxdeploy.components.cost.service_levels import (
     OperatingPoint,
     check_service_levels,
     operating_point,

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from components.common.config import DeploymentConfig, ServiceLevelConfig
-from components.common.stage import markdown_table
-from components.cost.measured import MeasuredCandidate, group_by_candidate, is_cpu
-from components.cost.prices import PriceTable, load_price_table
-from components.cost.service_levels import operating_point
+from vxdeploy.components.common.config import DeploymentConfig, ServiceLevelConfig
+from vxdeploy.components.common.stage import markdown_table
+from vxdeploy.components.cost.measured import MeasuredCandidate, group_by_candidate, is_cpu
+from vxdeploy.components.cost.prices import PriceTable, load_price_table
+from vxdeploy.components.cost.service_levels import operating_point
 
 HOURS_PER_MONTH = 730.0
 DEFAULT_CPU_MACHINE_TYPE = "n1-standard-4"
@@ -33,7 +33,7 @@ class CandidateCost:
         priced_as: The Vertex AI node it is priced as (e.g. ``"n1-standard-4"``,
             ``"g2-standard-8 (1 x NVIDIA_L4)"``); '' when it could not be priced.
         batch_size: The batch size its replicas run at (see
-            :func:`components.cost.service_levels.operating_point`).
+            :func:`vxdeploy.components.cost.service_levels.operating_point`).
         p50_ms: Measured p50 latency at that batch size.
         p95_ms: Measured p95 latency at that batch size.
         throughput_rps: Measured predictions per second of one replica at that batch size.

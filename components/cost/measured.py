@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.config import GPU_ACCELERATORS
-from components.common.errors import InternalError
+from vxdeploy.components.common.config import GPU_ACCELERATORS
+from vxdeploy.components.common.errors import InternalError
 
 CPU_PREFIX = "cpu:"
 

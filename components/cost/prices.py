@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from components.common.config import GPU_ACCELERATORS, ServiceLevelConfig
-from components.common.errors import ConfigError
+from vxdeploy.components.common.config import GPU_ACCELERATORS, ServiceLevelConfig
+from vxdeploy.components.common.errors import ConfigError
 
 SHIPPED_PRICES = "prices.yaml"
 
@@ -139,7 +139,7 @@ def load_price_table(path: str | Path | None = None) -> PriceTable:
         ConfigError: The file is missing or does not have the shape of the shipped table.
     """
     if path is None:
-        text = importlib.resources.files("components.cost").joinpath(SHIPPED_PRICES).read_text()
+        text = importlib.resources.files("vxdeploy.components.cost").joinpath(SHIPPED_PRICES).read_text()
         where = f"components/cost/{SHIPPED_PRICES}"
     else:
         p = Path(path)

@@ -2,10 +2,10 @@
 
 The selection stage prices candidates from back-to-back in-process calls; the serve check
 measures the packaged model through Triton under concurrent load (see
-:mod:`components.package.serve_sweep`). This prices those served figures with the same cost
+:mod:`vxdeploy.components.package.serve_sweep`). This prices those served figures with the same cost
 model: each sweep point is one operating point whose "batch size" is the number of clients in
 flight, its p50/p95 the latency a client sees (queueing included) and its throughput what one
-Triton replica served. :func:`components.cost.service_levels.operating_point` picks the
+Triton replica served. :func:`vxdeploy.components.cost.service_levels.operating_point` picks the
 highest-throughput point within the p50/p95 targets, and the replicas carry
 ``service_levels.requests_per_second`` at that throughput.
 """
@@ -16,10 +16,10 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
-from components.common.config import DeploymentConfig, ServiceLevelConfig
-from components.cost.estimate import CostReport, estimate_costs
-from components.cost.measured import MeasuredCandidate
-from components.cost.prices import PriceTable
+from vxdeploy.components.common.config import DeploymentConfig, ServiceLevelConfig
+from vxdeploy.components.cost.estimate import CostReport, estimate_costs
+from vxdeploy.components.cost.measured import MeasuredCandidate
+from vxdeploy.components.cost.prices import PriceTable
 
 
 class ServedPoint(Protocol):

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from components.common.config import ServiceLevelConfig
-from components.common.errors import ServiceLevelError
-from components.cost.measured import MeasuredCandidate, group_by_candidate
+from vxdeploy.components.common.config import ServiceLevelConfig
+from vxdeploy.components.common.errors import ServiceLevelError
+from vxdeploy.components.cost.measured import MeasuredCandidate, group_by_candidate
 
 if TYPE_CHECKING:
-    from components.cost.estimate import CostReport
+    from vxdeploy.components.cost.estimate import CostReport
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def check_service_levels(
         candidates: Measured points, one per candidate per batch size.
         cfg: The service-level targets (``p50_latency_ms``, ``p95_latency_ms``,
             ``replica_requests_per_second``; the cost ceiling is checked by
-            :func:`components.cost.estimate.estimate_costs`, which knows prices).
+            :func:`vxdeploy.components.cost.estimate.estimate_costs`, which knows prices).
 
     Returns:
         ``{candidate name: [missed target messages]}`` in first-seen order; an empty list means

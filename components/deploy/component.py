@@ -6,7 +6,7 @@ from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output, OutputPath
 
-from components.common.images import RUNNER_IMAGE
+from vxdeploy.components.common.images import RUNNER_IMAGE
 
 
 @dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
@@ -43,7 +43,7 @@ def deploy_to_endpoint(
     Returns:
         deployed_model_id: The new deployed model's id on the endpoint.
     """
-    from components.deploy import stage
+    from vxdeploy.components.deploy import stage
 
     return stage.run(
         triton_repository,

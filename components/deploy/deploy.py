@@ -16,8 +16,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1
 from google.protobuf import duration_pb2
 
-from components.cloud.endpoints import get_endpoint
-from components.cloud.vertex import (
+from vxdeploy.components.cloud.endpoints import get_endpoint
+from vxdeploy.components.cloud.vertex import (
     VertexApi,
     create_once,
     get_operation,
@@ -27,9 +27,9 @@ from components.cloud.vertex import (
     same_resource,
     wait_for_operation,
 )
-from components.common.config import DeploymentConfig
-from components.common.errors import UserError
-from components.deploy.model_upload import ModelVersion, ServingContainer
+from vxdeploy.components.common.config import DeploymentConfig
+from vxdeploy.components.common.errors import UserError
+from vxdeploy.components.deploy.model_upload import ModelVersion, ServingContainer
 
 CPU_UTILIZATION = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
 GPU_DUTY_CYCLE = "aiplatform.googleapis.com/prediction/online/accelerator/duty_cycle"
@@ -228,7 +228,7 @@ def _finish(
 
 def serving_tensorrt_version(container: ServingContainer, cfg: DeploymentConfig) -> str:
     """The serving image's TensorRT version: recorded by packaging, configured, or the project image's."""
-    from components.common import images
+    from vxdeploy.components.common import images
 
     if container.tensorrt_version:
         return container.tensorrt_version
@@ -243,7 +243,7 @@ def tensorrt_engines(metadata: Mapping[str, Any]) -> list[tuple[str, Mapping[str
     """(model name, engine metadata) of every TensorRT model the repository artifact records.
 
     Reads the contract's ``kinds`` ({model: kind}) and ``engines`` ({model: engine metadata})
-    (:class:`components.common.artifacts.TritonRepository`).
+    (:class:`vxdeploy.components.common.artifacts.TritonRepository`).
     """
     kinds = dict(metadata.get("kinds") or {})
     engines = dict(metadata.get("engines") or {})
@@ -292,7 +292,7 @@ def check_serving_compatibility(
             "it "
             "(e.g. 10.13.3) or serve with the project's serving image"
         )
-    from components.compile.tensorrt import check_engine_compatibility
+    from vxdeploy.components.compile.tensorrt import check_engine_compatibility
 
     checked = []
     for name, meta in engines:

@@ -13,21 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.cloud.endpoints import EndpointRef, get_endpoint, get_or_create_endpoint
-from components.cloud.labels import label_value
-from components.cloud.lease import (
+from vxdeploy.components.cloud.endpoints import EndpointRef, get_endpoint, get_or_create_endpoint
+from vxdeploy.components.cloud.labels import label_value
+from vxdeploy.components.cloud.lease import (
     LeaseAcquisition,
     acquire_lease,
     read_lease,
     release_lease_if_untouched,
     update_lease,
 )
-from components.cloud.recovery import RollbackResult, recover_rollout, roll_back_rollout
-from components.cloud.vertex import OperationTimeoutError, VertexApi, connect
-from components.common.config import CanaryConfig, DeploymentConfig, ModelConfig
-from components.common.errors import CloudOperationError, UserError
-from components.deploy.deploy import DeployOutcome, check_serving_compatibility, deploy_model_version
-from components.deploy.model_upload import (
+from vxdeploy.components.cloud.recovery import RollbackResult, recover_rollout, roll_back_rollout
+from vxdeploy.components.cloud.vertex import OperationTimeoutError, VertexApi, connect
+from vxdeploy.components.common.config import CanaryConfig, DeploymentConfig, ModelConfig
+from vxdeploy.components.common.errors import CloudOperationError, UserError
+from vxdeploy.components.deploy.deploy import DeployOutcome, check_serving_compatibility, deploy_model_version
+from vxdeploy.components.deploy.model_upload import (
     ModelVersion,
     ServingContainer,
     repository_checksum,
@@ -70,7 +70,7 @@ def repository_fingerprint(repo_dir: Path) -> str:
     """The repository's sha256: its manifest's digest (verified first) when it has one, else its files'."""
     root, inner = _repository_dirs(repo_dir)
     if (root / MANIFEST_FILE).is_file():
-        from components.package.manifest import manifest_digest, verify_manifest
+        from vxdeploy.components.package.manifest import manifest_digest, verify_manifest
 
         verify_manifest(root)
         return manifest_digest(root)
@@ -111,7 +111,7 @@ def stage_repository(
     """
     root, inner = _repository_dirs(repo_dir)
     if cfg.staging_bucket:
-        from components.package.gcs import upload_repository
+        from vxdeploy.components.package.gcs import upload_repository
 
         prefix = f"{cfg.staging_bucket.rstrip('/')}/{label_value(model_name)}"
         result = upload_repository(

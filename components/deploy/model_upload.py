@@ -16,9 +16,15 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1
 
-from components.cloud.aliases import merge_aliases
-from components.cloud.labels import CHECKSUM_KEY, MANAGED_BY_KEY, MANAGED_BY_VALUE, RUN_ID_KEY, label_value
-from components.cloud.vertex import (
+from vxdeploy.components.cloud.aliases import merge_aliases
+from vxdeploy.components.cloud.labels import (
+    CHECKSUM_KEY,
+    MANAGED_BY_KEY,
+    MANAGED_BY_VALUE,
+    RUN_ID_KEY,
+    label_value,
+)
+from vxdeploy.components.cloud.vertex import (
     VertexApi,
     call,
     create_once,
@@ -28,9 +34,9 @@ from components.cloud.vertex import (
     recorded_operations,
     wait_for_operation,
 )
-from components.common.artifacts import ServingContainer as ServingContainerMetadata
-from components.common.config import TritonConfig
-from components.common.errors import UserError
+from vxdeploy.components.common.artifacts import ServingContainer as ServingContainerMetadata
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.errors import UserError
 
 TRITON_HTTP_PORT = 8000
 
@@ -55,7 +61,7 @@ class ServingContainer:
 
         Vertex AI copies ``artifactUri`` into the container and names the copy in ``AIP_STORAGE_URI``.
         """
-        from components.package.vertex import default_serving_image
+        from vxdeploy.components.package.vertex import default_serving_image
 
         triton = triton or TritonConfig()
         return cls(

@@ -1,16 +1,16 @@
-"""Deploy stage: KFP artifacts in and out around :func:`components.deploy.deployment.deploy_to_endpoint`."""
+"""Deploy stage: artifacts around :func:`vxdeploy.components.deploy.deployment.deploy_to_endpoint`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from components.cloud.vertex import VertexApi, resource_id
-from components.common.artifacts import VertexEndpoint, VertexModel
-from components.common.config import CanaryConfig, DeploymentConfig, ModelConfig, parse_section
-from components.common.stage import StageReport, reports_failure, timed, write_json
-from components.deploy.deployment import DeploymentResult, deploy_to_endpoint
-from components.deploy.model_upload import ServingContainer
+from vxdeploy.components.cloud.vertex import VertexApi, resource_id
+from vxdeploy.components.common.artifacts import VertexEndpoint, VertexModel
+from vxdeploy.components.common.config import CanaryConfig, DeploymentConfig, ModelConfig, parse_section
+from vxdeploy.components.common.stage import StageReport, reports_failure, timed, write_json
+from vxdeploy.components.deploy.deployment import DeploymentResult, deploy_to_endpoint
+from vxdeploy.components.deploy.model_upload import ServingContainer
 
 
 class DeployOutputs(NamedTuple):

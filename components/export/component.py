@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
-from components.common.images import OPTIMIZER_IMAGE
+from vxdeploy.components.common.images import OPTIMIZER_IMAGE
 
 
 @dsl.component(base_image=OPTIMIZER_IMAGE, install_kfp_package=False)
@@ -29,6 +29,6 @@ def export_onnx(
         metrics: Parity figures (max abs diff, cosine, top-1 agreement).
         report: This stage's JSON report.
     """
-    from components.export import stage
+    from vxdeploy.components.export import stage
 
     stage.run(source_model, eval_data, model, export, onnx_model, metrics, report)

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from components.common.config import ExportConfig, ModelConfig, ModelPartConfig
-from components.common.errors import ConfigError, DataError, InternalError, ModelIntakeError
-from components.common.signature import ModelSignature, load_exported_program, signature_from_onnx
-from components.verify.compare import OutputComparison, ParityTolerance, check_parity, summarize
-from components.verify.runners import OnnxRuntimeRunner, TorchRunner, load_torch_module, run_batches
+from vxdeploy.components.common.config import ExportConfig, ModelConfig, ModelPartConfig
+from vxdeploy.components.common.errors import ConfigError, DataError, InternalError, ModelIntakeError
+from vxdeploy.components.common.signature import ModelSignature, load_exported_program, signature_from_onnx
+from vxdeploy.components.verify.compare import OutputComparison, ParityTolerance, check_parity, summarize
+from vxdeploy.components.verify.runners import OnnxRuntimeRunner, TorchRunner, load_torch_module, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def export_parts(
     Raises:
         ConfigError: when part names repeat or cannot be folder names.
     """
-    from components.intake.intake import detect_format, read_signature, resolve
+    from vxdeploy.components.intake.intake import detect_format, read_signature, resolve
 
     names = [p.name for p in parts]
     for i, part in enumerate(parts):
@@ -187,7 +187,7 @@ def _parity_inputs(
     A dynamic batch runs at 1 and then 32; a static first dim ``k`` runs in batches of ``k``
     (the samples trimmed to a multiple of it).
     """
-    from components.common.data import check_inputs
+    from vxdeploy.components.common.data import check_inputs
 
     static = {t.shape[0] for t in signature.inputs if t.shape and isinstance(t.shape[0], int)}
     batch_sizes: tuple[int, ...] = _PARITY_BATCH_SIZES
@@ -285,7 +285,7 @@ def _flat_outputs(module: Any) -> Any:
     """``module`` wrapped to return its flat tensors as a tuple (for dict or nested results)."""
     import torch
 
-    from components.common.signature import flatten_outputs
+    from vxdeploy.components.common.signature import flatten_outputs
 
     class FlatOutputs(torch.nn.Module):
         def __init__(self, inner: Any) -> None:

@@ -1,4 +1,4 @@
-"""Export stage: artifacts in and out around :func:`components.export.onnx_export.export_onnx`."""
+"""Export stage: artifacts in and out around :func:`vxdeploy.components.export.onnx_export.export_onnx`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import OnnxModel, SourceModel
-from components.common.config import ExportConfig, ModelConfig, parse_section
-from components.common.data import load_dataset
-from components.common.stage import StageReport, log_metrics, reports_failure, timed
-from components.export.onnx_export import ONNX_FILE, ExportResult, export_onnx, export_parts
+from vxdeploy.components.common.artifacts import OnnxModel, SourceModel
+from vxdeploy.components.common.config import ExportConfig, ModelConfig, parse_section
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.stage import StageReport, log_metrics, reports_failure, timed
+from vxdeploy.components.export.onnx_export import ONNX_FILE, ExportResult, export_onnx, export_parts
 
 
 @reports_failure("export")

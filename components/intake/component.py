@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Model, Output
 
-from components.common.images import OPTIMIZER_IMAGE
+from vxdeploy.components.common.images import OPTIMIZER_IMAGE
 
 
 @dsl.component(base_image=OPTIMIZER_IMAGE, install_kfp_package=False)
@@ -33,6 +33,6 @@ def intake_model(
         proceed: False when the run has nothing to do (its Model Registry version already serves).
         deploy: True when the cloud stages (deploy, canary, monitoring) should run.
     """
-    from components.intake import stage
+    from vxdeploy.components.intake import stage
 
     return stage.run(model, data, deployment, source_model, calibration_data, eval_data, report)

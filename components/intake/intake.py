@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.common import builtin, registry
-from components.common.config import BuildProfile, DataConfig, ModelConfig, TensorOverride
-from components.common.data import Dataset, load_dataset
-from components.common.errors import ConfigError, ModelIntakeError, UserError
-from components.common.signature import (
+from vxdeploy.components.common import builtin, registry
+from vxdeploy.components.common.config import BuildProfile, DataConfig, ModelConfig, TensorOverride
+from vxdeploy.components.common.data import Dataset, load_dataset
+from vxdeploy.components.common.errors import ConfigError, ModelIntakeError, UserError
+from vxdeploy.components.common.signature import (
     BATCH_DIM,
     ModelSignature,
     TensorSpec,
@@ -23,8 +23,8 @@ from components.common.signature import (
     signature_from_exported_program,
     signature_from_onnx,
 )
-from components.common.uris import copy_atomic, localize
-from components.verify.accuracy import resolve_output_metrics
+from vxdeploy.components.common.uris import copy_atomic, localize
+from vxdeploy.components.verify.accuracy import resolve_output_metrics
 
 MODEL_FORMATS = ("torch_export", "torchscript", "onnx")
 
@@ -138,7 +138,7 @@ def inputs_from_data(path: Path, labels_key: str = "labels") -> list[TensorOverr
     """
     import numpy as np
 
-    from components.common.errors import DataError
+    from vxdeploy.components.common.errors import DataError
 
     try:
         with np.load(path, allow_pickle=False) as npz:

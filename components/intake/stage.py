@@ -1,4 +1,4 @@
-"""Intake stage: artifacts in and out around :func:`components.intake.intake.intake`."""
+"""Intake stage: artifacts in and out around :func:`vxdeploy.components.intake.intake.intake`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from components.common import registry
-from components.common.artifacts import DatasetSamples, SourceModel
-from components.common.config import DataConfig, DeploymentConfig, ModelConfig, parse_section
-from components.common.stage import StageReport, reports_failure, timed
-from components.intake.intake import intake, store_model
+from vxdeploy.components.common import registry
+from vxdeploy.components.common.artifacts import DatasetSamples, SourceModel
+from vxdeploy.components.common.config import DataConfig, DeploymentConfig, ModelConfig, parse_section
+from vxdeploy.components.common.stage import StageReport, reports_failure, timed
+from vxdeploy.components.intake.intake import intake, store_model
 
 
 class IntakeOutputs(NamedTuple):

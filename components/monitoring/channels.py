@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from google.api_core import exceptions as gexc
 from google.cloud import monitoring_v3
 
-from components.cloud.retry import RetryPolicy
-from components.common.config import MonitoringConfig
-from components.common.errors import ConfigError
-from components.monitoring.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, ResourceOutcome
-from components.monitoring.retry import call_with_retry
+from vxdeploy.components.cloud.retry import RetryPolicy
+from vxdeploy.components.common.config import MonitoringConfig
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.components.monitoring.resources import MANAGED_BY_KEY, MANAGED_BY_VALUE, ResourceOutcome
+from vxdeploy.components.monitoring.retry import call_with_retry
 
 Client = monitoring_v3.NotificationChannelServiceClient
 

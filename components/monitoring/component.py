@@ -4,7 +4,7 @@ from google_cloud_pipeline_components.types.artifact_types import VertexEndpoint
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Output
 
-from components.common.images import RUNNER_IMAGE
+from vxdeploy.components.common.images import RUNNER_IMAGE
 
 
 @dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
@@ -26,6 +26,6 @@ def setup_monitoring(
         monitoring: The monitoring section (thresholds, channels, e-mails, dashboard, endpoints).
         report: What was created, updated, found or deleted.
     """
-    from components.monitoring import stage
+    from vxdeploy.components.monitoring import stage
 
     stage.run(vertex_endpoint, deployment, monitoring, report)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from google.cloud import monitoring_dashboard_v1 as dash
 from google.protobuf import duration_pb2
 
-from components.common.config import MonitoringConfig
-from components.monitoring import vertex_metrics as vm
-from components.monitoring.policies import ServingShape
-from components.monitoring.vertex_metrics import EndpointRef
+from vxdeploy.components.common.config import MonitoringConfig
+from vxdeploy.components.monitoring import vertex_metrics as vm
+from vxdeploy.components.monitoring.policies import ServingShape
+from vxdeploy.components.monitoring.vertex_metrics import EndpointRef
 
 COLUMNS = 48
 _CHART_ALIGNMENT_S = 60

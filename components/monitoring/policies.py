@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from google.cloud import monitoring_v3
 from google.protobuf import duration_pb2
 
-from components.common.config import MonitoringConfig
-from components.monitoring import vertex_metrics as vm
-from components.monitoring.vertex_metrics import EndpointRef
+from vxdeploy.components.common.config import MonitoringConfig
+from vxdeploy.components.monitoring import vertex_metrics as vm
+from vxdeploy.components.monitoring.vertex_metrics import EndpointRef
 
 Aligner = monitoring_v3.Aggregation.Aligner
 Reducer = monitoring_v3.Aggregation.Reducer

@@ -18,14 +18,14 @@ from google.api_core import exceptions as gexc
 from google.cloud import monitoring_dashboard_v1, monitoring_v3
 from google.protobuf import field_mask_pb2
 
-from components.cloud.monitoring import MonitoringClients, monitoring_clients
-from components.cloud.retry import RetryPolicy
-from components.common.config import MonitoringConfig
-from components.common.errors import CloudOperationError, ConfigError
-from components.monitoring.channels import resolve_notification_channels
-from components.monitoring.dashboard import build_dashboard
-from components.monitoring.policies import ServingShape, build_alert_policies
-from components.monitoring.resources import (
+from vxdeploy.components.cloud.monitoring import MonitoringClients, monitoring_clients
+from vxdeploy.components.cloud.retry import RetryPolicy
+from vxdeploy.components.common.config import MonitoringConfig
+from vxdeploy.components.common.errors import CloudOperationError, ConfigError
+from vxdeploy.components.monitoring.channels import resolve_notification_channels
+from vxdeploy.components.monitoring.dashboard import build_dashboard
+from vxdeploy.components.monitoring.policies import ServingShape, build_alert_policies
+from vxdeploy.components.monitoring.resources import (
     ENDPOINT_KEY,
     MANAGED_BY_KEY,
     MANAGED_BY_VALUE,
@@ -34,8 +34,8 @@ from components.monitoring.resources import (
     is_managed_for,
     managed_labels,
 )
-from components.monitoring.retry import call_with_retry
-from components.monitoring.vertex_metrics import EndpointRef
+from vxdeploy.components.monitoring.retry import call_with_retry
+from vxdeploy.components.monitoring.vertex_metrics import EndpointRef
 
 log = logging.getLogger(__name__)
 

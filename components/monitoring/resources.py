@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from components.cloud.labels import label_value
+from vxdeploy.components.cloud.labels import label_value
 
 MANAGED_BY_KEY = "managed_by"
 MANAGED_BY_VALUE = "vxdeploy"

@@ -1,4 +1,4 @@
-"""Retries of Cloud Monitoring calls: the shared policy of :mod:`components.cloud.retry` for this service.
+"""Retries of Cloud Monitoring calls: the shared policy (:mod:`vxdeploy.components.cloud.retry`) for it.
 
 A create is retried only after looking again for what it would have made, so an answer lost after
 the server acted never leaves a duplicate behind.
@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from components.cloud import retry as shared
-from components.cloud.retry import RetryPolicy
+from vxdeploy.components.cloud import retry as shared
+from vxdeploy.components.cloud.retry import RetryPolicy
 
 T = TypeVar("T")
 
@@ -27,7 +27,7 @@ def call_with_retry(
     passthrough: tuple[type[Exception], ...] = (),
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """:func:`components.cloud.retry.call_with_retry` for a Cloud Monitoring call."""
+    """:func:`vxdeploy.components.cloud.retry.call_with_retry` for a Cloud Monitoring call."""
     return shared.call_with_retry(
         what,
         call,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.cloud.monitoring import MonitoringClients
-from components.cloud.retry import RetryPolicy
-from components.common.config import DeploymentConfig, MonitoringConfig, parse_section
-from components.common.stage import StageReport, reports_failure, timed
-from components.monitoring.policies import ServingShape
-from components.monitoring.reconcile import MonitoringResult, setup_monitoring
+from vxdeploy.components.cloud.monitoring import MonitoringClients
+from vxdeploy.components.cloud.retry import RetryPolicy
+from vxdeploy.components.common.config import DeploymentConfig, MonitoringConfig, parse_section
+from vxdeploy.components.common.stage import StageReport, reports_failure, timed
+from vxdeploy.components.monitoring.policies import ServingShape
+from vxdeploy.components.monitoring.reconcile import MonitoringResult, setup_monitoring
 
 
 @reports_failure("monitoring")

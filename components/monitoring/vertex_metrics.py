@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from components.common.errors import UserError
+from vxdeploy.components.common.errors import UserError
 
 ENDPOINT_RESOURCE_TYPE = "aiplatform.googleapis.com/Endpoint"
 _PREFIX = "aiplatform.googleapis.com/prediction/online/"

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.common.images import RUNNER_IMAGE, SERVING_IMAGE
+from vxdeploy.components.common.images import RUNNER_IMAGE, SERVING_IMAGE
 
 
 @dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
@@ -25,7 +25,7 @@ def package_triton_repository(
         triton_repository: The repository with a sha256 manifest; metadata carries the serving container spec.
         report: This stage's JSON report.
     """
-    from components.package import stage
+    from vxdeploy.components.package import stage
 
     stage.run_package(selected_model, model, triton, deployment, triton_repository, report)
 
@@ -62,7 +62,7 @@ def serve_check(
         summary: The verdict, substitutions, sweep table and cost table (Markdown, in the console).
         report: This stage's JSON report.
     """
-    from components.package import stage
+    from vxdeploy.components.package import stage
 
     stage.run_serve_check(
         triton_repository,

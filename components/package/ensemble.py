@@ -18,10 +18,10 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.common.config import TritonConfig
-from components.common.errors import UserError
-from components.common.signature import ModelSignature, TensorSpec
-from components.package.model_config import (
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.errors import UserError
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package.model_config import (
     build_model_config,
     numpy_dtype,
     tensor_shape,
@@ -29,7 +29,7 @@ from components.package.model_config import (
     write_model_config,
     write_warmup_data,
 )
-from components.package.repository import (
+from vxdeploy.components.package.repository import (
     KIND_FORMATS,
     MODEL_REPOSITORY_DIR,
     PYTHON_MODEL_FILE,

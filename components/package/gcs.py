@@ -16,9 +16,9 @@ from typing import Any
 
 from google.api_core.exceptions import PreconditionFailed
 
-from components.common.errors import UserError
-from components.package.manifest import MANIFEST_FILE, manifest_digest, verify_manifest
-from components.package.repository import MODEL_REPOSITORY_DIR
+from vxdeploy.components.common.errors import UserError
+from vxdeploy.components.package.manifest import MANIFEST_FILE, manifest_digest, verify_manifest
+from vxdeploy.components.package.repository import MODEL_REPOSITORY_DIR
 
 VERSION_LENGTH = 16
 

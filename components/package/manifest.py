@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import InternalError
+from vxdeploy.components.common.errors import InternalError
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1

@@ -14,9 +14,9 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.common.config import TritonConfig
-from components.common.errors import ConfigError, ModelIntakeError
-from components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.errors import ConfigError, ModelIntakeError
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
 
 CONFIG_FILE = "config.pbtxt"
 WARMUP_DIR = "warmup"

@@ -17,11 +17,11 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.common.config import DeploymentConfig, TritonConfig
-from components.common.errors import ConfigError, ModelIntakeError
-from components.common.signature import ModelSignature
-from components.package.manifest import manifest_digest, write_manifest
-from components.package.model_config import (
+from vxdeploy.components.common.config import DeploymentConfig, TritonConfig
+from vxdeploy.components.common.errors import ConfigError, ModelIntakeError
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.package.manifest import manifest_digest, write_manifest
+from vxdeploy.components.package.model_config import (
     build_model_config,
     warmable,
     write_model_config,
@@ -129,7 +129,7 @@ def check_engine_batch(engine: Mapping[str, Any], triton: TritonConfig) -> None:
 
 def python_model_source() -> str:
     """The text of the Python-backend ``model.py`` vxdeploy ships (AOTI, and ONNX in the serve check)."""
-    return (resources.files("components.package.triton_models") / "python_model.py").read_text()
+    return (resources.files("vxdeploy.components.package.triton_models") / "python_model.py").read_text()
 
 
 def write_python_model(version_dir: Path) -> Path:

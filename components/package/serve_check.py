@@ -2,8 +2,8 @@
 
 In the serving image (the Vertex AI task) the check runs that image's own ``tritonserver`` over
 the packaged repository with every ``config.pbtxt`` unchanged (see
-:mod:`components.package.triton_install`). Elsewhere the bundled server (see
-:mod:`components.package.tritonserver`) has the Python backend only, so the check serves a
+:mod:`vxdeploy.components.package.triton_install`). Elsewhere the bundled server (see
+:mod:`vxdeploy.components.package.tritonserver`) has the Python backend only, so the check serves a
 *copy* of the repository in which models the server cannot load natively are swapped for
 vxdeploy's Python-backend model.py with the same config otherwise: an ONNX model runs under
 ONNX Runtime inside Triton (``platform: onnxruntime_onnx`` becomes ``backend: python``), and
@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.common.config import TritonConfig
-from components.common.data import Dataset
-from components.common.errors import CandidateUnavailable, ModelIntakeError
-from components.common.signature import ModelSignature
-from components.package.model_config import read_model_config, write_model_config
-from components.package.repository import LAYOUTS, MODEL_REPOSITORY_DIR, write_python_model
-from components.package.serve_sweep import (
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.errors import CandidateUnavailable, ModelIntakeError
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.package.model_config import read_model_config, write_model_config
+from vxdeploy.components.package.repository import LAYOUTS, MODEL_REPOSITORY_DIR, write_python_model
+from vxdeploy.components.package.serve_sweep import (
     StatisticsNotSettled,
     SweepResult,
     add_sweep_variants,
@@ -42,10 +42,10 @@ from components.package.serve_sweep import (
     settled_counters,
     wire_dtype,
 )
-from components.package.triton_install import ServeCheckServer, find_serve_check_server
-from components.package.tritonserver import TritonInstall, running_triton
-from components.verify.compare import OutputComparison, compare_outputs
-from components.verify.runners import open_runner, run_batches
+from vxdeploy.components.package.triton_install import ServeCheckServer, find_serve_check_server
+from vxdeploy.components.package.tritonserver import TritonInstall, running_triton
+from vxdeploy.components.verify.compare import OutputComparison, compare_outputs
+from vxdeploy.components.verify.runners import open_runner, run_batches
 
 
 class ServeCheckUnavailable(CandidateUnavailable):
@@ -76,7 +76,7 @@ class ServeCheckResult:
     """Requests sent in the checked round (Triton's statistics must count as many)."""
     sweep: SweepResult | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
-    """Per output: the comparison figures (:class:`~components.verify.compare.OutputComparison`)."""
+    """Per output: the comparison figures (:class:`~vxdeploy.components.verify.compare.OutputComparison`)."""
 
     @property
     def verdict(self) -> str:
@@ -297,7 +297,7 @@ def check_served_repository(
     One untimed round of ``serve_check_concurrency`` requests goes first; the figures (and
     the statistics, read before and after, once they have settled) cover the
     ``serve_check_requests`` that follow. Then, with ``triton.serve_check_sweep``, the
-    concurrency sweep with dynamic batching off and on (:mod:`components.package.serve_sweep`).
+    concurrency sweep with dynamic batching off and on (:mod:`vxdeploy.components.package.serve_sweep`).
 
     Args:
         repository_root: The packaged repository (``model_repository/`` inside).

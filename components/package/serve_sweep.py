@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.common import progress
-from components.common.config import TritonConfig
-from components.common.data import Dataset
-from components.common.errors import InternalError
-from components.common.stage import markdown_table
-from components.package.model_config import read_model_config, write_model_config
+from vxdeploy.components.common import progress
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.errors import InternalError
+from vxdeploy.components.common.stage import markdown_table
+from vxdeploy.components.package.model_config import read_model_config, write_model_config
 
 SWEEP_SUFFIXES = {"off": "__batching_off", "on": "__batching_on"}
 MEASURED_WITH = (

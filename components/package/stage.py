@@ -11,38 +11,44 @@ import math
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import SelectedModel, ServingContainer, SourceModel
-from components.common.artifacts import TritonRepository as TritonRepositoryMetadata
-from components.common.config import (
+from vxdeploy.components.common.artifacts import SelectedModel, ServingContainer, SourceModel
+from vxdeploy.components.common.artifacts import TritonRepository as TritonRepositoryMetadata
+from vxdeploy.components.common.config import (
     DeploymentConfig,
     ModelConfig,
     ServiceLevelConfig,
     TritonConfig,
     parse_section,
 )
-from components.common.data import load_dataset
-from components.common.errors import ModelIntakeError, ParityError
-from components.common.stage import StageReport, log_metrics, reports_failure, timed, write_text_atomic
-from components.cost.estimate import CostReport
-from components.cost.measured import local_cpu_description, vertex_accelerator_name
-from components.cost.served import served_cost
-from components.package.manifest import MANIFEST_FILE, verify_manifest
-from components.package.model_config import CONFIG_FILE, config_text
-from components.package.repository import (
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.errors import ModelIntakeError, ParityError
+from vxdeploy.components.common.stage import (
+    StageReport,
+    log_metrics,
+    reports_failure,
+    timed,
+    write_text_atomic,
+)
+from vxdeploy.components.cost.estimate import CostReport
+from vxdeploy.components.cost.measured import local_cpu_description, vertex_accelerator_name
+from vxdeploy.components.cost.served import served_cost
+from vxdeploy.components.package.manifest import MANIFEST_FILE, verify_manifest
+from vxdeploy.components.package.model_config import CONFIG_FILE, config_text
+from vxdeploy.components.package.repository import (
     MODEL_REPOSITORY_DIR,
     TritonRepository,
     check_engine_batch,
     package_triton_repository,
     resolve_instance_kind,
 )
-from components.package.serve_check import (
+from vxdeploy.components.package.serve_check import (
     ServeCheckResult,
     ServeCheckUnavailable,
     check_served_repository,
     reference_outputs,
 )
-from components.package.tritonserver import TritonStartError
-from components.package.vertex import vertex_serving_container
+from vxdeploy.components.package.tritonserver import TritonStartError
+from vxdeploy.components.package.vertex import vertex_serving_container
 
 
 def _selected(selected_model: Any) -> tuple[Path, SelectedModel]:
@@ -147,7 +153,7 @@ def run_package(
             [
                 f"model.parts has {len(model_cfg.parts)} parts: the pipeline packages the selected "
                 "candidate only; multi-part repositories come from "
-                "components.package.ensemble.package_ensemble"
+                "vxdeploy.components.package.ensemble.package_ensemble"
             ]
             if model_cfg.parts
             else []

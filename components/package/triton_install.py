@@ -5,7 +5,7 @@ On Vertex AI the serve-check task runs in the serving image (NGC Triton), whose
 check serves the packaged repository there unchanged. Anywhere else (a laptop, CI) the server
 bundled in ``nvidia-pytriton`` stands in; it has the Python backend only, so models it cannot
 load natively are swapped for Python-backend stand-ins (see
-:func:`components.package.serve_check.serve_copy`), and every swap is reported.
+:func:`vxdeploy.components.package.serve_check.serve_copy`), and every swap is reported.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.common.images import PYTRITON_VERSION
-from components.package.tritonserver import (
+from vxdeploy.components.common.images import PYTRITON_VERSION
+from vxdeploy.components.package.tritonserver import (
     PYTRITON_HOME_ENV,
     TritonInstall,
     find_bundled_triton,
@@ -87,7 +87,8 @@ def find_serve_check_server() -> tuple[ServeCheckServer | None, str]:
     return None, (
         f"the serve check cannot run here: {image_reason}, and nvidia-pytriton's bundled tritonserver "
         f"is neither installed nor in {pytriton_home()}. Install that local stand-in with "
-        f"`{sys.executable} -m components.package.triton_install` (it goes outside this environment: "
+        f"`{sys.executable} -m vxdeploy.components.package.triton_install` "
+        "(it goes outside this environment: "
         f"nvidia-pytriton pins numpy<2, which does not apply to the server binary), run the check in the "
         "serving image, or set triton.serve_check: best_effort / off"
     )

@@ -27,8 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.common.errors import InternalError
-from components.common.interrupts import child_processes, signals_raise
+from vxdeploy.components.common.errors import InternalError
+from vxdeploy.components.common.interrupts import child_processes, signals_raise
 
 PYTHON_PATHS_ENV = "VXDEPLOY_PYTHON_PATHS"
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from components.common import images
-from components.common.config import TritonConfig
-from components.package.repository import TritonRepository
+from vxdeploy.components.common import images
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.package.repository import TritonRepository
 
 TRITON_COMMAND = "tritonserver"
 SERVING_PORT = 8000

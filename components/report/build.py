@@ -3,7 +3,7 @@
 :func:`build_report` gathers the stage reports into one record (``schema_version``
 :data:`SCHEMA_VERSION`) that keeps every figure the stages measured; :func:`report_sections` turns
 it into the sections both :func:`render_markdown` and the HTML page
-(:func:`components.report.html.render_html`) show, so each fact is worded in one place.
+(:func:`vxdeploy.components.report.html.render_html`) show, so each fact is worded in one place.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.common.stage import markdown_table
+from vxdeploy.components.common.stage import markdown_table
 
 SCHEMA_VERSION = 2
 """Version of ``report.json``'s layout; raised when a key changes meaning or moves."""

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Input, Markdown, Output
 
-from components.common.images import RUNNER_IMAGE
+from vxdeploy.components.common.images import RUNNER_IMAGE
 
 
 @dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
@@ -46,7 +46,7 @@ def write_run_report(
         canary_report: The canary's report, when the run deployed.
         monitoring_report: The monitoring stage's report, when the run deployed.
     """
-    from components.report import stage
+    from vxdeploy.components.report import stage
 
     stage.write_run_report(
         {

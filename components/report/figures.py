@@ -1,6 +1,6 @@
 """The report's pictures, drawn with matplotlib (Agg, no display) and returned as PNG bytes.
 
-Each function takes the figures :func:`components.report.build.build_report` keeps and returns
+Each function takes the figures :func:`vxdeploy.components.report.build.build_report` keeps and returns
 None when the run measured nothing to draw, so the page shows only the pictures that apply.
 """
 
@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # before pyplot: no display on a build machine or in a pi
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from components.report.build import iter_batches  # noqa: E402
+from vxdeploy.components.report.build import iter_batches  # noqa: E402
 
 DPI = 110
 _SELECTED = "#d62728"
@@ -217,7 +217,7 @@ def canary_steps(analyses: Sequence[Mapping[str, Any]]) -> bytes | None:
 
 def report_pictures(report: Mapping[str, Any]) -> dict[str, tuple[str, bytes]]:
     """Every picture that applies to the run: name -> (caption, PNG)."""
-    from components.report.build import figure_data
+    from vxdeploy.components.report.build import figure_data
 
     data = figure_data(report)
     makers: dict[str, tuple[str, Callable[[], bytes | None]]] = {

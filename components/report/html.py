@@ -13,7 +13,7 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 
-from components.report.build import report_sections
+from vxdeploy.components.report.build import report_sections
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 1.5rem auto;
@@ -49,12 +49,12 @@ def render_html(report: Mapping[str, Any], pictures: Mapping[str, tuple[str, byt
     """The page: every section of the Markdown report, each followed by its picture when the run has one.
 
     Args:
-        report: The run's report (:func:`components.report.build.build_report`).
+        report: The run's report (:func:`vxdeploy.components.report.build.build_report`).
         pictures: name -> (caption, PNG); drawn from the report when None
-            (:func:`components.report.figures.report_pictures`).
+            (:func:`vxdeploy.components.report.figures.report_pictures`).
     """
     if pictures is None:
-        from components.report.figures import report_pictures
+        from vxdeploy.components.report.figures import report_pictures
 
         pictures = report_pictures(report)
     md = _markdown()

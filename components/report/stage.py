@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.stage import write_json, write_text_atomic
-from components.report.build import STAGES, build_report, render_markdown
-from components.report.html import render_html
+from vxdeploy.components.common.stage import write_json, write_text_atomic
+from vxdeploy.components.report.build import STAGES, build_report, render_markdown
+from vxdeploy.components.report.html import render_html
 
 
 def read_stage_reports(artifacts: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The benchmark harness: every candidate measured the same way against the FP32 reference.
 
 Accuracy: every evaluation sample through the candidate and through the FP32 reference, each
-output judged by its task's metric through the one accuracy gate (:mod:`components.verify.accuracy`).
+output judged by its task's metric through the one accuracy gate (:mod:`vxdeploy.components.verify.accuracy`).
 Latency: at each batch size, after warm-up, timed
 call by call until both ``min_iterations`` and ``min_seconds`` are reached; percentiles,
 throughput (at the median latency) and the spread (interquartile range, coefficient of variation)
@@ -21,16 +21,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from components.common import progress
-from components.common.config import SelectionConfig
-from components.common.data import Dataset
-from components.common.errors import CandidateUnavailable
-from components.common.signature import ModelSignature
-from components.compile.candidates import Candidate, CandidateManifest
-from components.select.isolated import CallTimer, InProcessTimer, RunnerOpener, start_process_timers
-from components.select.runners import load_candidate_runner
-from components.verify.accuracy import AccuracyResult, measure_accuracy, output_metrics, targets_for
-from components.verify.runners import Runner, run_batches
+from vxdeploy.components.common import progress
+from vxdeploy.components.common.config import SelectionConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.errors import CandidateUnavailable
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.compile.candidates import Candidate, CandidateManifest
+from vxdeploy.components.select.isolated import CallTimer, InProcessTimer, RunnerOpener, start_process_timers
+from vxdeploy.components.select.runners import load_candidate_runner
+from vxdeploy.components.verify.accuracy import AccuracyResult, measure_accuracy, output_metrics, targets_for
+from vxdeploy.components.verify.runners import Runner, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def time_interleaved(
     marked ``reference``) then give each other runner its :class:`SpeedupFigures`.
 
     A runner whose figure name has a recipe in ``openers`` is opened again and timed in a worker
-    process of its own (:mod:`components.select.isolated`): runtimes sharing one process slow
+    process of its own (:mod:`vxdeploy.components.select.isolated`): runtimes sharing one process slow
     each other down (spinning thread pools), which made in-process speed-ups differ from the
     same runners timed alone by up to 3x. The others are timed here with ``clock``; each
     figure's ``timed_in`` says which. Before each runner's turn the process sleeps ``settle_s``
@@ -295,7 +295,7 @@ def _time_rounds(
 class AccuracyFigures:
     """A candidate's outputs against the FP32 reference on the evaluation samples, per output.
 
-    Judged by :func:`components.verify.accuracy.measure_accuracy`, the same gate as INT8
+    Judged by :func:`vxdeploy.components.verify.accuracy.measure_accuracy`, the same gate as INT8
     calibration's: each output by its own task and metric (``outputs``). ``drop_points`` is the
     worst drop over the drop-judged outputs (``drop_basis`` names its metric) and ``cosine_mean``
     the worst mean per-row cosine over the cosine-gated ones; ``within_budget`` and ``reason`` are

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.common.images import OPTIMIZER_IMAGE
+from vxdeploy.components.common.images import OPTIMIZER_IMAGE
 
 
 @dsl.component(base_image=OPTIMIZER_IMAGE, install_kfp_package=False)
@@ -43,7 +43,7 @@ def select_candidate(
         table: The comparison table with the decision and its reason.
         report: This stage's JSON report.
     """
-    from components.select import stage
+    from vxdeploy.components.select import stage
 
     stage.run(
         candidates,

@@ -17,7 +17,7 @@ latency was bimodal by two orders of magnitude from one second to the next (digi
 spinning at a barrier holds a core while its partner waits to be scheduled. Every "x eager"
 figure then measured the neighbours' load, not the runtimes. ONNX Runtime's own pool spins
 too (``session.intra_op.allow_spinning``): MiniLM FP32 at batch 1, load 9, 260-272 ms spinning,
-116-155 ms not; sessions opened by :func:`components.compile.ort.make_session` in a worker do
+116-155 ms not; sessions opened by :func:`vxdeploy.components.compile.ort.make_session` in a worker do
 not spin (``VXDEPLOY_ORT_ALLOW_SPINNING=0``), so both runtimes wait the same way.
 """
 
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from components.verify.runners import Runner
+    from vxdeploy.components.verify.runners import Runner
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _serve(channel: _Channel) -> None:
 class ProcessTimer:
     """A runner opened and timed in a worker process of its own.
 
-    The worker is a fresh ``python -m components.select.isolated`` with :data:`MEASUREMENT_ENV`
+    The worker is a fresh ``python -m vxdeploy.components.select.isolated`` with :data:`MEASUREMENT_ENV`
     and this process's import path. (Not a ``multiprocessing`` child: spawn and forkserver
     children re-import the parent's main module, and torch with it, before a worker could set
     its environment.) Start several with :func:`start_process_timers`: they open their runners

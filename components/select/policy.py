@@ -8,7 +8,7 @@ Policies (``selection.policy``):
   ``latency_percentile`` latency stays within ``selection.latency_budget_ms``.
 
 Speed differences are judged against their spread: candidates are timed in interleaved rounds
-(:func:`components.select.benchmark.time_interleaved`), and a candidate whose figure is not
+(:func:`vxdeploy.components.select.benchmark.time_interleaved`), and a candidate whose figure is not
 distinguishable from the best one's (the interquartile range of their round-by-round ratio spans 1)
 ties with it; among tied candidates the more accurate wins, then the simpler
 (:data:`SIMPLICITY`). A reference whose own spread is over ``selection.spread_warning_pct`` is
@@ -26,9 +26,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.common.config import SelectionConfig
-from components.common.errors import AccuracyBudgetError, ServiceLevelError, VxdeployError
-from components.select.benchmark import CandidateFigures, SpeedupFigures, compare_latency
+from vxdeploy.components.common.config import SelectionConfig
+from vxdeploy.components.common.errors import AccuracyBudgetError, ServiceLevelError, VxdeployError
+from vxdeploy.components.select.benchmark import CandidateFigures, SpeedupFigures, compare_latency
 
 SIMPLICITY = (
     "onnxruntime_fp32",
@@ -94,7 +94,7 @@ class SelectionDecision:
 
 
 def accuracy_gate(cfg: SelectionConfig) -> Gate:
-    """Reject candidates the one accuracy gate (:mod:`components.verify.accuracy`) judged over budget.
+    """Reject candidates the accuracy gate (:mod:`vxdeploy.components.verify.accuracy`) judged over budget.
 
     The verdict was reached per output, each by its own metric, against ``selection.accuracy_budget``
     and ``selection.min_cosine``; its reason names the output and the metric.

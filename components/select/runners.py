@@ -1,6 +1,6 @@
 """The runners of built candidates and of the FP32 reference, from the one runner layer.
 
-Every candidate is measured through :mod:`components.verify.runners`, so each one pays the same
+Every candidate is measured through :mod:`vxdeploy.components.verify.runners`, so each one pays the same
 costs a server would (moving inputs to the device and outputs back included).
 """
 
@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.common.signature import ModelSignature
-from components.compile import ort
-from components.compile.candidates import Candidate
-from components.verify.runners import OnnxRuntimeRunner, Runner, RunnerUnavailable, open_runner
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.compile import ort
+from vxdeploy.components.compile.candidates import Candidate
+from vxdeploy.components.verify.runners import OnnxRuntimeRunner, Runner, RunnerUnavailable, open_runner
 
 
 def load_candidate_runner(

@@ -8,11 +8,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components.common.artifacts import SelectedModel, SourceModel
-from components.common.config import DeploymentConfig, SelectionConfig, ServiceLevelConfig, parse_section
-from components.common.data import load_dataset
-from components.common.errors import ServiceLevelError
-from components.common.stage import (
+from vxdeploy.components.common.artifacts import SelectedModel, SourceModel
+from vxdeploy.components.common.config import (
+    DeploymentConfig,
+    SelectionConfig,
+    ServiceLevelConfig,
+    parse_section,
+)
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.errors import ServiceLevelError
+from vxdeploy.components.common.stage import (
     StageReport,
     log_metrics,
     reports_failure,
@@ -20,10 +25,10 @@ from components.common.stage import (
     write_json,
     write_text_atomic,
 )
-from components.compile.candidates import Candidate, copy_folder_atomically, read_manifest
-from components.compile.gpus import check_build_hardware
-from components.compile.stage import artifact_file
-from components.cost import (
+from vxdeploy.components.compile.candidates import Candidate, copy_folder_atomically, read_manifest
+from vxdeploy.components.compile.gpus import check_build_hardware
+from vxdeploy.components.compile.stage import artifact_file
+from vxdeploy.components.cost import (
     CostReport,
     MeasuredCandidate,
     estimate_costs,
@@ -31,10 +36,10 @@ from components.cost import (
     require_feasible,
     vertex_accelerator_name,
 )
-from components.select.benchmark import BenchmarkResult, CandidateFigures, benchmark_candidates
-from components.select.policy import Gate, SelectionDecision, accuracy_gate, select_candidate
-from components.select.runners import reference_runner
-from components.select.table import decision_markdown, summary_rows
+from vxdeploy.components.select.benchmark import BenchmarkResult, CandidateFigures, benchmark_candidates
+from vxdeploy.components.select.policy import Gate, SelectionDecision, accuracy_gate, select_candidate
+from vxdeploy.components.select.runners import reference_runner
+from vxdeploy.components.select.table import decision_markdown, summary_rows
 
 
 def headline_figures(f: CandidateFigures) -> dict[str, Any]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from components.common.stage import markdown_table
-from components.select.benchmark import CandidateFigures, SpeedupFigures, compare_latency
-from components.select.policy import SelectionDecision
+from vxdeploy.components.common.stage import markdown_table
+from vxdeploy.components.select.benchmark import CandidateFigures, SpeedupFigures, compare_latency
+from vxdeploy.components.select.policy import SelectionDecision
 
 
 def _status(f: CandidateFigures, decision: SelectionDecision) -> str:

@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from components.common import images
-from components.common.config import ModelConfig, RunConfig
-from components.common.data import Dataset
-from components.common.errors import ModelIntakeError, RolloutConflictError, UserError, VxdeployError
-from components.common.signature import ModelSignature, TensorSpec
-from components.validate.image_registry import ImageStatus, check_image
+from vxdeploy.components.common import images
+from vxdeploy.components.common.config import ModelConfig, RunConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.errors import ModelIntakeError, RolloutConflictError, UserError, VxdeployError
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.validate.image_registry import ImageStatus, check_image
 
 CheckStatus = Literal["passed", "failed", "skipped"]
 
@@ -119,7 +119,7 @@ def validate_run(
         check_task_images: Also check the pipeline's own task images (a run on Vertex AI pulls them).
         image_checker: Asks a registry about one image (default: its Docker Registry v2 API).
         lease_reader: Reads the endpoint's rollout lease for a ``DeploymentConfig`` (default: the
-            Vertex AI API through ``components.cloud.lease.read_endpoint_lease``).
+            Vertex AI API through ``vxdeploy.components.cloud.lease.read_endpoint_lease``).
         now: Clock for lease expiry.
 
     Returns:
@@ -145,7 +145,7 @@ def validate_run(
 
 # ----------------------------------------------------------------------------- model and data
 def _already_serving(config: RunConfig, report: ValidationReport) -> str:
-    from components.common import registry
+    from vxdeploy.components.common import registry
 
     try:
         return registry.already_deployed_reason(config.model, config.deployment) or ""
@@ -165,7 +165,7 @@ def _already_serving(config: RunConfig, report: ValidationReport) -> str:
 
 
 def _check_inputs(config: RunConfig, tmp: Path, report: ValidationReport) -> None:
-    from components.intake.intake import intake
+    from vxdeploy.components.intake.intake import intake
 
     api_endpoint = config.deployment.api_endpoint or None
     try:
@@ -204,7 +204,7 @@ def _check_inputs(config: RunConfig, tmp: Path, report: ValidationReport) -> Non
 def _check_parts(config: RunConfig, tmp: Path, report: ValidationReport) -> None:
     if not config.model.parts:
         return
-    from components.intake.intake import detect_format, read_signature, resolve
+    from vxdeploy.components.intake.intake import detect_format, read_signature, resolve
 
     for i, part in enumerate(config.model.parts):
         what = f"model.parts[{i}].uri"
@@ -230,7 +230,7 @@ def _check_labels(
     config: RunConfig, evaluation: Dataset, signature: ModelSignature, report: ValidationReport
 ) -> None:
     """Each output's targets fit the task it is judged by (class indices for a classifier)."""
-    from components.verify.accuracy import output_metrics, targets_for
+    from vxdeploy.components.verify.accuracy import output_metrics, targets_for
 
     metrics = output_metrics(signature, config.model.task)
     targets = targets_for(metrics, evaluation.targets, evaluation.labels)
@@ -301,7 +301,7 @@ def _check_calibration_count(
     if not config.quantization.enabled:
         report.add("calibration samples", "skipped", "quantization.enabled is false")
         return
-    from components.calibrate.samples import check_calibration_samples
+    from vxdeploy.components.calibrate.samples import check_calibration_samples
 
     data = config.data
     try:
@@ -333,7 +333,7 @@ def _check_lease(
         report.add("rollout lease", "skipped", "deployment.enabled is false")
         return
     if lease_reader is None:
-        from components.cloud.lease import read_endpoint_lease
+        from vxdeploy.components.cloud.lease import read_endpoint_lease
 
         lease_reader = read_endpoint_lease
     try:

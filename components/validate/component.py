@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Output
 
-from components.common.images import RUNNER_IMAGE
+from vxdeploy.components.common.images import RUNNER_IMAGE
 
 
 @dsl.component(base_image=RUNNER_IMAGE, install_kfp_package=False)
@@ -98,6 +98,6 @@ def validate_run_inputs(
         build_accelerator_count: Their GPU count.
     """
     parameters = {name: value for name, value in locals().items() if name not in ("run_id", "report")}
-    from components.validate import stage
+    from vxdeploy.components.validate import stage
 
     return stage.run(parameters, run_id, report)  # type: ignore[return-value]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from components.common.config import SECTIONS
-from components.common.run_parameters import BUILD_ON_ACCELERATOR, build_accelerator, config_from_parameters
-from components.common.stage import StageReport, reports_failure, timed
-from components.validate.checks import validate_run
+from vxdeploy.components.common.config import SECTIONS
+from vxdeploy.components.common.run_parameters import (
+    BUILD_ON_ACCELERATOR,
+    build_accelerator,
+    config_from_parameters,
+)
+from vxdeploy.components.common.stage import StageReport, reports_failure, timed
+from vxdeploy.components.validate.checks import validate_run
 
 
 class ValidatedSections(NamedTuple):

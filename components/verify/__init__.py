@@ -1,6 +1,6 @@
 """One verification layer: runners for every format, one output comparison, one accuracy gate."""
 
-from components.verify.accuracy import (
+from vxdeploy.components.verify.accuracy import (
     TASK_METRICS,
     AccuracyResult,
     OutputAccuracy,
@@ -10,7 +10,7 @@ from components.verify.accuracy import (
     resolve_output_metrics,
     targets_for,
 )
-from components.verify.compare import (
+from vxdeploy.components.verify.compare import (
     OutputComparison,
     ParityTolerance,
     check_parity,
@@ -18,7 +18,7 @@ from components.verify.compare import (
     row_cosines,
     summarize,
 )
-from components.verify.runners import (
+from vxdeploy.components.verify.runners import (
     RUNNERS,
     OnnxRuntimeRunner,
     Runner,

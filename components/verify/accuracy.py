@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from components.common.errors import ConfigError, DataError
-from components.common.signature import ModelSignature, TensorSpec
-from components.verify.compare import OutputComparison, compare_outputs, is_class_score, row_cosines
+from vxdeploy.components.common.errors import ConfigError, DataError
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.verify.compare import OutputComparison, compare_outputs, is_class_score, row_cosines
 
 TASK_METRICS: dict[str, tuple[str, ...]] = {
     "classification": ("top1_accuracy", "top1_agreement"),

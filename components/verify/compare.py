@@ -2,7 +2,7 @@
 
 Every stage that checks numbers (export parity, the INT8 gate, selection, the serve check) measures
 with :func:`compare_outputs`, so a cosine or a difference means the same thing in every report.
-:func:`check_parity` raises one :class:`~components.common.errors.ParityError` that names each
+:func:`check_parity` raises one :class:`~vxdeploy.components.common.errors.ParityError` that names each
 failing output with its shape and figures, the way Hugging Face's exporters report ``AtolError``.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from components.common.errors import ParityError
+from vxdeploy.components.common.errors import ParityError
 
 _REL_FLOOR = 1e-6
 """Smallest |reference| used as the denominator of relative differences, so zeros do not divide."""

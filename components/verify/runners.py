@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from components.common.errors import CandidateUnavailable, ModelIntakeError
-from components.common.signature import ModelSignature, flatten_outputs, load_exported_program
+from vxdeploy.components.common.errors import CandidateUnavailable, ModelIntakeError
+from vxdeploy.components.common.signature import ModelSignature, flatten_outputs, load_exported_program
 
 
 class RunnerUnavailable(CandidateUnavailable):
@@ -56,7 +56,7 @@ class OnnxRuntimeRunner:
         options: Mapping[str, Any] | None = None,
         output_names: Sequence[str] | None = None,
     ):
-        from components.compile import ort
+        from vxdeploy.components.compile import ort
 
         self.name = name
         if isinstance(model, (str, Path)):
@@ -151,7 +151,7 @@ class TensorRTRunner:
     """A deserialized TensorRT engine, run on the current CUDA stream with torch-allocated buffers."""
 
     def __init__(self, name: str, engine_path: str | Path, signature: ModelSignature, max_batch: int | None):
-        from components.compile.tensorrt import cuda_device, import_tensorrt
+        from vxdeploy.components.compile.tensorrt import cuda_device, import_tensorrt
 
         trt = import_tensorrt()
         cuda_device()
@@ -383,7 +383,7 @@ def _concatenate(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 def onnxruntime_session(model_path: str | Path, *, optimize: bool = True) -> Any:
     """A CPU ONNX Runtime session (graph optimizations on, unless ``optimize`` is False)."""
-    from components.compile import ort
+    from vxdeploy.components.compile import ort
 
     level = "all" if optimize else "disable"
     runner = OnnxRuntimeRunner(

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from components.canary.metrics import WindowStats
-from components.canary.rollout import split_for_step
-from components.cloud.labels import MANAGED_BY_KEY
-from components.cloud.lease import EXPIRES_KEY, HOLDER_KEY, PREVIOUS_PREFIX, read_lease
-from components.common.errors import CanaryRolledBackError, RolloutConflictError
 from tests.fakes.rollout import FAILING, HEALTHY, NO_DATA, PROJECT, InMemoryMetrics, RolloutHarness
 from tests.fakes.vertex import FakeVertex, ServingProfile
+from vxdeploy.components.canary.metrics import WindowStats
+from vxdeploy.components.canary.rollout import split_for_step
+from vxdeploy.components.cloud.labels import MANAGED_BY_KEY
+from vxdeploy.components.cloud.lease import EXPIRES_KEY, HOLDER_KEY, PREVIOUS_PREFIX, read_lease
+from vxdeploy.components.common.errors import CanaryRolledBackError, RolloutConflictError
 
 
 @pytest.fixture()

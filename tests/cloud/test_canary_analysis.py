@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from google.api import distribution_pb2
 
-from components.canary.analysis import analyse
-from components.canary.metrics import WindowStats, merge_p99, percentile_from_buckets
-from components.common.config import CanaryConfig
 from tests.fakes.traffic import latency_distribution
+from vxdeploy.components.canary.analysis import analyse
+from vxdeploy.components.canary.metrics import WindowStats, merge_p99, percentile_from_buckets
+from vxdeploy.components.common.config import CanaryConfig
 
 LIMITS = CanaryConfig(
     max_error_rate=0.01, max_p99_latency_ms=200, max_error_rate_increase=0.005, max_latency_ratio=1.5

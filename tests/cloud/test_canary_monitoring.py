@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from components.canary.metrics import (
+from tests.fakes.monitoring import FakeMonitoring
+from tests.fakes.rollout import PROJECT, RolloutHarness
+from tests.fakes.traffic import TrafficSimulator, monitoring_sink
+from tests.fakes.vertex import FakeVertex, ServingProfile
+from vxdeploy.components.canary.metrics import (
     ERROR_COUNT,
     PREDICTION_LATENCIES,
     RESPONSE_COUNT,
     CloudMonitoringMetricsSource,
 )
-from components.cloud.labels import MANAGED_BY_KEY
-from tests.fakes.monitoring import FakeMonitoring
-from tests.fakes.rollout import PROJECT, RolloutHarness
-from tests.fakes.traffic import TrafficSimulator, monitoring_sink
-from tests.fakes.vertex import FakeVertex, ServingProfile
+from vxdeploy.components.cloud.labels import MANAGED_BY_KEY
 
 ENDPOINT = {"endpoint_id": "42", "location": "us-central1", "resource_container": PROJECT}
 

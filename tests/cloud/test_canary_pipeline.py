@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from kfp import dsl, local
 
-from components.canary.component import rollback_on_failure, run_canary
-from components.common.config import parse_config
-from components.common.run_parameters import FLAT_PARAMETERS, to_pipeline_parameters
-from components.deploy.component import deploy_to_endpoint
 from tests.fakes.rollout import make_packaged_repository, write_eval_data
 from tests.fakes.serve_fakes import ENDPOINT, RunningFakes, serving_fakes
+from vxdeploy.components.canary.component import rollback_on_failure, run_canary
+from vxdeploy.components.common.config import parse_config
+from vxdeploy.components.common.run_parameters import FLAT_PARAMETERS, to_pipeline_parameters
+from vxdeploy.components.deploy.component import deploy_to_endpoint
 
 
 @dsl.pipeline(name="vxdeploy-rollout-test")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from components.cloud.labels import MANAGED_BY_KEY
 from tests.fakes.rollout import FAILING, HEALTHY, PROJECT, InMemoryMetrics, RolloutHarness
 from tests.fakes.vertex import FakeVertex
+from vxdeploy.components.cloud.labels import MANAGED_BY_KEY
 
 
 @pytest.fixture()

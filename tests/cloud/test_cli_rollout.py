@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import main
 from tests.fakes.serve_fakes import ENDPOINT, RunningFakes, serving_fakes
+from vxdeploy.pipelines.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -43,7 +43,7 @@ sys.meta_path.insert(0, Refuse())
 _CHILD = (
     _REFUSE
     + """
-from pipelines.cli import main
+from vxdeploy.pipelines.cli import main
 code = main(json.loads(sys.argv[2]))
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in REFUSED)
 print("CHILD " + json.dumps({"code": code, "asked": sorted(set(asked)), "loaded": loaded}))
@@ -113,7 +113,7 @@ def test_rollback_runs_without_the_optimization_stack(world: FaultWorld) -> None
 def test_compile_and_the_trigger_import_without_the_optimization_stack(tmp_path: Path) -> None:
     # given / when the pipeline is compiled there, and the trigger service's modules are imported
     result, stderr = _run_without_ml_stack(["compile", "--output", str(tmp_path / "p.yaml")])
-    child = "import pipelines.trigger, pipelines.trigger_auth\nprint('CHILD {}')"
+    child = "import vxdeploy.pipelines.trigger, vxdeploy.pipelines.trigger_auth\nprint('CHILD {}')"
     trigger = subprocess.run(
         [sys.executable, "-c", _REFUSE + child, json.dumps(REFUSED), "[]"],
         cwd=REPO,

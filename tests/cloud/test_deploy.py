@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from components.cloud.labels import CHECKSUM_KEY, MANAGED_BY_KEY, RUN_ID_KEY
-from components.cloud.lease import HOLDER_KEY, read_lease
-from components.cloud.vertex import OperationTimeoutError
-from components.common.errors import CloudOperationError, RolloutConflictError, UserError
 from tests.fakes.rollout import PROJECT, RolloutHarness
 from tests.fakes.vertex import FakeVertex
+from vxdeploy.components.cloud.labels import CHECKSUM_KEY, MANAGED_BY_KEY, RUN_ID_KEY
+from vxdeploy.components.cloud.lease import HOLDER_KEY, read_lease
+from vxdeploy.components.cloud.vertex import OperationTimeoutError
+from vxdeploy.components.common.errors import CloudOperationError, RolloutConflictError, UserError
 
 
 @pytest.fixture()

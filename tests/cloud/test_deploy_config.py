@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from components.common.config import DeploymentConfig, parse_section
-from components.common.errors import ConfigError
+from vxdeploy.components.common.config import DeploymentConfig, parse_section
+from vxdeploy.components.common.errors import ConfigError
 
 
 @pytest.mark.parametrize(

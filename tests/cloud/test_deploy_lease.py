@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.cloud.lease import acquire_lease, read_lease, update_lease
-from components.cloud.vertex import VertexApi, connect
-from components.common.config import DeploymentConfig
-from components.common.errors import RolloutConflictError
 from tests.fakes.vertex import FakeVertex
+from vxdeploy.components.cloud.lease import acquire_lease, read_lease, update_lease
+from vxdeploy.components.cloud.vertex import VertexApi, connect
+from vxdeploy.components.common.config import DeploymentConfig
+from vxdeploy.components.common.errors import RolloutConflictError
 
 PROJECT = "vxdeploy-test"
 

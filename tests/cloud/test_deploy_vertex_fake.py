@@ -9,9 +9,9 @@ from google.api_core import exceptions as gexc
 from google.cloud import aiplatform_v1 as v1
 from google.protobuf import field_mask_pb2
 
-from components.cloud.vertex import VertexApi, connect, wait_for_operation
-from components.common.config import DeploymentConfig
 from tests.fakes.vertex import FakeVertex
+from vxdeploy.components.cloud.vertex import VertexApi, connect, wait_for_operation
+from vxdeploy.components.common.config import DeploymentConfig
 
 PROJECT = "vxdeploy-test"
 

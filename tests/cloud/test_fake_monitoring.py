@@ -13,9 +13,9 @@ from google.api_core import exceptions as gexc
 from google.cloud import monitoring_dashboard_v1 as dash
 from google.cloud import monitoring_v3
 
-from components.cloud.monitoring import MonitoringClients, monitoring_clients
 from tests.fakes.dashboards import FakeDashboards
 from tests.fakes.monitoring import FakeMonitoring, distribution
+from vxdeploy.components.cloud.monitoring import MonitoringClients, monitoring_clients
 
 PROJECT = "vx-project"
 PARENT = f"projects/{PROJECT}"
@@ -362,7 +362,7 @@ def test_canary_metrics_source_reads_counts_and_p99_from_the_fake(
     fake: FakeMonitoring, clients: MonitoringClients
 ) -> None:
     # Given 200 responses, 4 errors and latencies of one deployed model (what the canary engineer reads)
-    from components.canary.metrics import CloudMonitoringMetricsSource
+    from vxdeploy.components.canary.metrics import CloudMonitoringMetricsSource
 
     now = time.time()
     labels = {"deployed_model_id": "77"}

@@ -23,9 +23,9 @@ from typing import Any
 import grpc
 import pytest
 
-from components.cloud.lease import PHASE_KEY, PROMOTED
 from tests.fakes.rollout import FaultWorld, rollout_invariant
 from tests.fakes.vertex import RecordedCall
+from vxdeploy.components.cloud.lease import PHASE_KEY, PROMOTED
 
 pytestmark = pytest.mark.slow  # about 300 scenarios: 2-3 minutes on a 2-core machine
 

@@ -12,16 +12,16 @@ import grpc
 import pytest
 from google.cloud import monitoring_v3
 
-from components.cloud.monitoring import MonitoringClients, monitoring_clients
-from components.cloud.retry import RetryPolicy
-from components.common.config import MonitoringConfig, parse_section
-from components.common.errors import CloudOperationError, ConfigError
-from components.monitoring import stage
-from components.monitoring.policies import ServingShape
-from components.monitoring.reconcile import MonitoringResult, setup_monitoring
-from components.monitoring.resources import managed_labels
 from tests.fakes.dashboards import FakeDashboards
 from tests.fakes.monitoring import FakeMonitoring
+from vxdeploy.components.cloud.monitoring import MonitoringClients, monitoring_clients
+from vxdeploy.components.cloud.retry import RetryPolicy
+from vxdeploy.components.common.config import MonitoringConfig, parse_section
+from vxdeploy.components.common.errors import CloudOperationError, ConfigError
+from vxdeploy.components.monitoring import stage
+from vxdeploy.components.monitoring.policies import ServingShape
+from vxdeploy.components.monitoring.reconcile import MonitoringResult, setup_monitoring
+from vxdeploy.components.monitoring.resources import managed_labels
 
 PROJECT = "vx-project"
 ENDPOINT = f"projects/{PROJECT}/locations/us-central1/endpoints/4242"

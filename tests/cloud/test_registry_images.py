@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from components.common import images
-from components.common.config import parse_config
-from pipelines.cli import main
-from pipelines.local_run import run_local
 from tests.fakes.registry import FakeRegistry
 from tests.fakes.vertex import FakeVertex
+from vxdeploy.components.common import images
+from vxdeploy.components.common.config import parse_config
+from vxdeploy.pipelines.cli import main
+from vxdeploy.pipelines.local_run import run_local
 
 REMOVED_IMAGE = "/".join(("vertex-ai", "prediction", "tritonserver"))  # in parts: no file names it
 REPO = Path(__file__).resolve().parents[2]

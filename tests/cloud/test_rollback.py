@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from components.cloud.lease import HOLDER_KEY, PHASE_KEY, read_lease
-from components.cloud.recovery import StrandedRolloutError
-from pipelines.cli import main
-from pipelines.rollback import deployment_for
 from tests.fakes.rollout import FaultWorld, rollout_invariant
+from vxdeploy.components.cloud.lease import HOLDER_KEY, PHASE_KEY, read_lease
+from vxdeploy.components.cloud.recovery import StrandedRolloutError
+from vxdeploy.pipelines.cli import main
+from vxdeploy.pipelines.rollback import deployment_for
 
 TTL_S = 600.0
 

@@ -8,9 +8,14 @@ from typing import Any
 
 import pytest
 
-from components.common.config import RunConfig, load_config
-from components.common.errors import ConfigError, UserError
-from pipelines.schedule import (
+from tests.fakes.vertex_pipelines import (  # noqa: F401
+    FakeVertexPipelines,
+    compiled_template_fixture,
+    vertex_pipelines_fixture,
+)
+from vxdeploy.components.common.config import RunConfig, load_config
+from vxdeploy.components.common.errors import ConfigError, UserError
+from vxdeploy.pipelines.schedule import (
     add_schedule_arguments,
     create_schedule,
     delete_schedule,
@@ -18,11 +23,6 @@ from pipelines.schedule import (
     pause_schedule,
     resume_schedule,
     schedule_cron,
-)
-from tests.fakes.vertex_pipelines import (  # noqa: F401
-    FakeVertexPipelines,
-    compiled_template_fixture,
-    vertex_pipelines_fixture,
 )
 
 PROJECT = "vx-project"

@@ -13,20 +13,20 @@ from typing import Any
 import pytest
 import yaml
 
-from components.common.config import RunConfig, load_config
-from components.common.errors import CloudOperationError, ConfigError, UserError
-from pipelines.submit import (
-    add_submit_arguments,
-    build_pipeline_job,
-    check_pipeline_root,
-    load_pipeline_spec,
-    submit_pipeline,
-)
 from tests.fakes.gcs import GcsEmulator, free_port, gcs_emulator
 from tests.fakes.vertex_pipelines import (  # noqa: F401
     FakeVertexPipelines,
     compiled_template_fixture,
     vertex_pipelines_fixture,
+)
+from vxdeploy.components.common.config import RunConfig, load_config
+from vxdeploy.components.common.errors import CloudOperationError, ConfigError, UserError
+from vxdeploy.pipelines.submit import (
+    add_submit_arguments,
+    build_pipeline_job,
+    check_pipeline_root,
+    load_pipeline_spec,
+    submit_pipeline,
 )
 
 PROJECT = "vx-project"

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from components.common.errors import ConfigError
-from pipelines.trigger import TriggerSettings, listen_address, make_server
 from tests.cloud.trigger_support import EVENTARC_ACCOUNT, MODEL, TriggerUnderTest, post, push, trigger
 from tests.fakes.oidc import FakeOidcIssuer, oidc_issuer_fixture  # noqa: F401
 from tests.fakes.vertex_pipelines import (  # noqa: F401
@@ -18,6 +16,8 @@ from tests.fakes.vertex_pipelines import (  # noqa: F401
     compiled_template_fixture,
     vertex_pipelines_fixture,
 )
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.pipelines.trigger import TriggerSettings, listen_address, make_server
 
 
 @pytest.fixture(name="served")
@@ -173,10 +173,10 @@ def test_vertex_unavailable_answers_503_so_pubsub_redelivers(
     served: TriggerUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given Vertex answers every create with 503 (retries do not wait in this test)
-    import pipelines.submit
+    import vxdeploy.pipelines.submit
 
     served.vertex.fail_next("POST", r"/pipelineJobs$", 503, times=10)
-    monkeypatch.setattr(pipelines.submit.time, "sleep", lambda _: None)
+    monkeypatch.setattr(vxdeploy.pipelines.submit.time, "sleep", lambda _: None)
 
     # when a message arrives
     code, _ = post(served.url, push(MODEL), token=served.token())
@@ -276,7 +276,7 @@ def test_the_service_without_its_settings_exits_2_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # given an environment without the caller check's audience
-    from pipelines.trigger import main
+    from vxdeploy.pipelines.trigger import main
 
     for name, value in _ENV.items():
         monkeypatch.setenv(name, value)

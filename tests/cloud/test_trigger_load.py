@@ -18,8 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipelines.submit import SubmittedRun
-from pipelines.trigger import TriggerSettings, serve
 from tests.cloud.trigger_support import AUDIENCE, MODEL, PUSH_ACCOUNT, post, push, trigger
 from tests.fakes.oidc import FakeOidcIssuer, oidc_issuer_fixture  # noqa: F401
 from tests.fakes.vertex_pipelines import (  # noqa: F401
@@ -27,6 +25,8 @@ from tests.fakes.vertex_pipelines import (  # noqa: F401
     compiled_template_fixture,
     vertex_pipelines_fixture,
 )
+from vxdeploy.pipelines.submit import SubmittedRun
+from vxdeploy.pipelines.trigger import TriggerSettings, serve
 
 REQUESTS = 200
 COPIES = 10

@@ -1,6 +1,6 @@
 """What the trigger tests share: a trigger on loopback with its caller check, and HTTP clients for it.
 
-``TriggerUnderTest`` serves the real trigger (:func:`pipelines.trigger.serve`) submitting to the
+``TriggerUnderTest`` serves the real trigger (:func:`vxdeploy.pipelines.trigger.serve`) submitting to the
 Vertex AI pipelines fake and checking tokens against the fake OIDC issuer. ``post`` sends a request
 as Pub/Sub push does; ``exchange`` writes raw bytes to the socket, for framing that no HTTP client
 would produce.
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.trigger import TriggerServer, TriggerSettings, serve
 from tests.fakes.oidc import FakeOidcIssuer
 from tests.fakes.vertex_pipelines import FakeVertexPipelines
+from vxdeploy.pipelines.trigger import TriggerServer, TriggerSettings, serve
 
 MODEL = "projects/vx-project/locations/us-central1/models/digits"
 AUDIENCE = "https://vxdeploy-trigger-abc123-uc.a.run.app"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.report import find_run_root, load_stage_reports
 from tests.zoo import models
+from vxdeploy.pipelines.report import find_run_root, load_stage_reports
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +17,8 @@ OPTIMIZATION = ("validate", "intake", "export", "calibrate", "compile", "select"
 def test_a_run_with_only_the_model_and_data_uris_optimizes_that_model(tmp_path: Path) -> None:
     from kfp import local
 
-    from pipelines.local_run import _enable_task_output_conditions
-    from pipelines.optimize_and_deploy import optimize_and_deploy
+    from vxdeploy.pipelines.local_run import _enable_task_output_conditions
+    from vxdeploy.pipelines.optimize_and_deploy import optimize_and_deploy
 
     # given a two-head model of the zoo (not the embedded digits model) and its data on disk
     zoo = models.two_head(tmp_path)

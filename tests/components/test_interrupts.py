@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.interrupts import child_processes, is_running
+from vxdeploy.components.common.interrupts import child_processes, is_running
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,16 @@ def start_run(tmp_path: Path) -> Iterator[Callable[[list[str]], Run]]:
         tmp.mkdir()
         output = tmp_path / "terminal.txt"
         workdir = tmp_path / "run"
-        command = [sys.executable, "-m", "pipelines.cli", "run", "--local", "--workdir", str(workdir), *FAST]
+        command = [
+            sys.executable,
+            "-m",
+            "vxdeploy.pipelines.cli",
+            "run",
+            "--local",
+            "--workdir",
+            str(workdir),
+            *FAST,
+        ]
         with open(output, "wb") as out:
             process = subprocess.Popen(
                 [*command, *extra],

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from components.common.config import load_config
-from pipelines.local_run import LocalRunResult, print_result, run_local, summary_table
+from vxdeploy.components.common.config import load_config
+from vxdeploy.pipelines.local_run import LocalRunResult, print_result, run_local, summary_table
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import load_config
-from pipelines.local_run import LocalRunResult, run_local
+from vxdeploy.components.common.config import load_config
+from vxdeploy.pipelines.local_run import LocalRunResult, run_local
 
 pytestmark = pytest.mark.slow
 

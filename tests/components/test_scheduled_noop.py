@@ -2,10 +2,10 @@
 
 from pathlib import Path
 
-from components.common.config import load_config
-from components.common.registry import get_registry_model_version, source_model_labels
-from pipelines.local_run import run_local
 from tests.fakes.vertex_pipelines import FakeVertexPipelines, vertex_pipelines_fixture  # noqa: F401
+from vxdeploy.components.common.config import load_config
+from vxdeploy.components.common.registry import get_registry_model_version, source_model_labels
+from vxdeploy.pipelines.local_run import run_local
 
 MODEL = "projects/vx-project/locations/us-central1/models/digits"
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from components.common.signature import ModelSignature, TensorSpec
-from components.package.tritonserver import find_bundled_triton
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package.tritonserver import find_bundled_triton
 
 SIGNATURE = ModelSignature(
     inputs=(TensorSpec("input", "float32", ("batch", 16)),),
@@ -55,7 +55,7 @@ def _source_and_candidate(root: Path) -> tuple[Path, Path, Path]:
 def _run_pipeline(root: Path, triton: dict[str, Any]) -> Path:
     from kfp import dsl, local
 
-    from components.package.component import package_triton_repository, serve_check
+    from vxdeploy.components.package.component import package_triton_repository, serve_check
 
     source_dir, candidate_dir, eval_path = _source_and_candidate(root)
     signature = SIGNATURE.to_dict()

@@ -20,10 +20,15 @@ from typing import Any
 
 import pytest
 
-from components.common.errors import CanaryRolledBackError, CloudOperationError, ConfigError, ParityError
-from components.common.interrupts import Interrupted
-from components.common.stage import StageReport, error_record, reports_failure
-from pipelines.local_run import LocalRunResult, TaskLogs, log_tail
+from vxdeploy.components.common.errors import (
+    CanaryRolledBackError,
+    CloudOperationError,
+    ConfigError,
+    ParityError,
+)
+from vxdeploy.components.common.interrupts import Interrupted
+from vxdeploy.components.common.stage import StageReport, error_record, reports_failure
+from vxdeploy.pipelines.local_run import LocalRunResult, TaskLogs, log_tail
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -155,7 +160,7 @@ def test_a_stage_failing_under_kfp_local_exits_2_with_its_message_and_log(tmp_pa
     command = [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "vxdeploy.pipelines.cli",
         "run",
         "--local",
         "--workdir",

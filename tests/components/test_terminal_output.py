@@ -33,7 +33,16 @@ KFP_LOCAL_WARNINGS = ("have no effect in the current local runner", "non-Python 
 
 def _run_cli(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     workdir = tmp_path / "run"
-    command = [sys.executable, "-m", "pipelines.cli", "run", "--local", "--workdir", str(workdir), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "vxdeploy.pipelines.cli",
+        "run",
+        "--local",
+        "--workdir",
+        str(workdir),
+        *extra,
+    ]
     done = subprocess.run(
         command,
         cwd=REPO,

@@ -19,19 +19,19 @@ import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.common.config import load_config
-from components.common.data import load_dataset
-from components.common.signature import ModelSignature
-from components.intake.intake import intake
-from components.package.model_config import numpy_dtype
-from components.package.repository import MODEL_REPOSITORY_DIR
-from components.package.serve_check import serve_copy
-from components.package.tritonserver import find_bundled_triton, running_triton
-from components.verify.accuracy import measure_accuracy, output_metrics, targets_for
-from components.verify.runners import TritonRunner, run_batches
-from pipelines.cli import main
 from tests.zoo import models
 from tests.zoo.models import ZooModel
+from vxdeploy.components.common.config import load_config
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.signature import ModelSignature
+from vxdeploy.components.intake.intake import intake
+from vxdeploy.components.package.model_config import numpy_dtype
+from vxdeploy.components.package.repository import MODEL_REPOSITORY_DIR
+from vxdeploy.components.package.serve_check import serve_copy
+from vxdeploy.components.package.tritonserver import find_bundled_triton, running_triton
+from vxdeploy.components.verify.accuracy import measure_accuracy, output_metrics, targets_for
+from vxdeploy.components.verify.runners import TritonRunner, run_batches
+from vxdeploy.pipelines.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 ``google-cloud-monitoring`` has no REST transport, so this fake is a ``grpc.server`` whose
 handlers (``grpc.method_handlers_generic_handler``) decode the real request messages and answer
 with the real response messages. The real clients reach it with
-``components.cloud.monitoring.monitoring_clients("127.0.0.1:PORT")``.
+``vxdeploy.components.cloud.monitoring.monitoring_clients("127.0.0.1:PORT")``.
 
 It keeps state and checks requests the way the service does: a policy without conditions, a
 condition without a ``metric.type`` in its filter, an aligner without an alignment period, a

@@ -1,6 +1,6 @@
 """Test helpers for the deploy and canary stages: stand-in artifacts, a packaged repository, metrics.
 
-:class:`InMemoryMetrics` is a real :class:`components.canary.metrics.MetricsSource` whose figures
+:class:`InMemoryMetrics` is a real :class:`vxdeploy.components.canary.metrics.MetricsSource` whose figures
 a test sets per deployed model (dependency injection, not a patched SDK).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from components.canary.metrics import WindowStats
+from vxdeploy.components.canary.metrics import WindowStats
 
 
 @dataclass
@@ -38,7 +38,7 @@ class RecordedMetrics:
 
 def make_packaged_repository(root: Path, model_name: str = "model") -> Path:
     """A small packaged Triton repository (``model_repository/``, ``manifest.json``) as packaging makes."""
-    from components.package.manifest import write_manifest
+    from vxdeploy.components.package.manifest import write_manifest
 
     version = root / "model_repository" / model_name / "1"
     version.mkdir(parents=True)
@@ -151,7 +151,7 @@ class RolloutHarness:
         source_labels: dict[str, str] | None = None,
     ) -> DeployRun:
         """The deploy stage, as the component calls it."""
-        from components.deploy import stage
+        from vxdeploy.components.deploy import stage
 
         d = self._dir("deploy")
         source_model = StandInArtifact(
@@ -182,7 +182,7 @@ class RolloutHarness:
         self, run_id: str, deployed: DeployRun, metrics: Any, sleep: Callable[[float], None] = lambda _s: None
     ) -> CanaryRun:
         """The canary stage, as the component calls it (``metrics`` None: Cloud Monitoring; no real sleep)."""
-        from components.canary import stage
+        from vxdeploy.components.canary import stage
 
         d = self._dir("canary")
         recorded = RecordedMetrics()
@@ -212,7 +212,7 @@ class RolloutHarness:
 
     def rollback(self, run_id: str, state: str = "FAILED") -> dict[str, Any]:
         """The exit handler with a final pipeline state."""
-        from components.canary import stage
+        from vxdeploy.components.canary import stage
 
         report = StandInArtifact(str(self._dir("rollback") / "report.json"))
         stage.run_rollback({"state": state}, self.deployment, run_id, report)
@@ -280,11 +280,11 @@ class FaultWorld:
     """
 
     def __init__(self, root: Path, seed: int = 0, deadline_s: float = 0.4, **canary: Any) -> None:
-        from components.cloud.retry import RetryPolicy
-        from components.common.config import CanaryConfig, DeploymentConfig, ModelConfig
         from tests.fakes.monitoring import FakeMonitoring
         from tests.fakes.traffic import TrafficSimulator, monitoring_sink
         from tests.fakes.vertex import FakeVertex
+        from vxdeploy.components.cloud.retry import RetryPolicy
+        from vxdeploy.components.common.config import CanaryConfig, DeploymentConfig, ModelConfig
 
         self.root = root
         self.vertex = FakeVertex(project=PROJECT, seed=seed).start()
@@ -326,7 +326,7 @@ class FaultWorld:
         self.monitoring.stop()
 
     def api(self) -> Any:
-        from components.cloud.vertex import connect
+        from vxdeploy.components.cloud.vertex import connect
 
         return connect(self.deploy_cfg, retry=self.retry)
 
@@ -339,9 +339,9 @@ class FaultWorld:
 
     def rollout(self, run_id: str) -> Attempt:
         """Deploy, then the canary, as a run's two tasks; an error ends the try (as a failed task)."""
-        from components.canary.metrics import CloudMonitoringMetricsSource
-        from components.canary.rollout import run_canary
-        from components.deploy.deployment import deploy_to_endpoint
+        from vxdeploy.components.canary.metrics import CloudMonitoringMetricsSource
+        from vxdeploy.components.canary.rollout import run_canary
+        from vxdeploy.components.deploy.deployment import deploy_to_endpoint
 
         attempt = Attempt()
         api = self.api()
@@ -386,7 +386,7 @@ class FaultWorld:
 
     def exit_handler(self, run_id: str, *, run_failed: bool = True, deadline_s: float = 3.0) -> Any:
         """The exit handler's plain function, as ``rollback_on_failure`` calls it."""
-        from components.canary.rollout import roll_back_failed_run
+        from vxdeploy.components.canary.rollout import roll_back_failed_run
 
         return roll_back_failed_run(
             self.api(),
@@ -403,7 +403,7 @@ class FaultWorld:
         return str(self.vertex.endpoint(ENDPOINT_NAME).name)
 
     def version_of_run(self, run_id: str) -> Any:
-        from components.cloud.labels import RUN_ID_KEY, label_value
+        from vxdeploy.components.cloud.labels import RUN_ID_KEY, label_value
 
         found = [v for v in self.vertex.model_versions() if v.labels.get(RUN_ID_KEY) == label_value(run_id)]
         return found
@@ -418,8 +418,8 @@ def rollout_invariant(world: FaultWorld, *, old_run: str, new_run: str, ttl_s: f
     """
     import time as _time
 
-    from components.cloud.aliases import versioned_name
-    from components.cloud.lease import read_lease
+    from vxdeploy.components.cloud.aliases import versioned_name
+    from vxdeploy.components.cloud.lease import read_lease
 
     endpoints = [e for e in world.vertex.endpoints() if e.display_name == ENDPOINT_NAME]
     assert len(endpoints) == 1, f"{len(endpoints)} endpoints named {ENDPOINT_NAME}"

@@ -30,8 +30,8 @@ from typing import Any
 
 import yaml
 
-from components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from tests.fakes.vertex import FakeVertex, ServingProfile
+from vxdeploy.components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
 
 PROJECT = "vxdeploy-local"  # what `vxdeploy run --api-endpoint` uses when no project is configured
 BUCKET = "vxdeploy-staging"

@@ -18,8 +18,13 @@ from typing import Any
 from google.api import distribution_pb2, metric_pb2
 from google.cloud import monitoring_v3
 
-from components.canary.metrics import ERROR_COUNT, PREDICTION_LATENCIES, RESOURCE_TYPE, RESPONSE_COUNT
 from tests.fakes.vertex import FakeVertex
+from vxdeploy.components.canary.metrics import (
+    ERROR_COUNT,
+    PREDICTION_LATENCIES,
+    RESOURCE_TYPE,
+    RESPONSE_COUNT,
+)
 
 LATENCY_BUCKETS = distribution_pb2.Distribution.BucketOptions(
     exponential_buckets=distribution_pb2.Distribution.BucketOptions.Exponential(
@@ -212,7 +217,7 @@ class TrafficSimulator:
 
 def monitoring_sink(address: str, project: str) -> Callable[[list[monitoring_v3.TimeSeries]], None]:
     """A sink that writes series with ``CreateTimeSeries`` through the real client (200 per call)."""
-    from components.canary.metrics import metric_client
+    from vxdeploy.components.canary.metrics import metric_client
 
     client = metric_client(address)
 

@@ -226,7 +226,7 @@ class FakeVertex(LoopbackHTTPServer):
         seed: int = 0,
         image_registries: Sequence[str] | None = None,
     ) -> None:
-        from components.common import images
+        from vxdeploy.components.common import images
 
         self.image_registries = tuple(r.rstrip("/") for r in (image_registries or (images.registry(),)))
         self.project = project

@@ -507,7 +507,7 @@ def _validate_cron(cron: str) -> None:
 @pytest.fixture(scope="session", name="compiled_template")
 def compiled_template_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline compiled once per test session (as `vxdeploy compile` does) to a temporary file."""
-    from pipelines.compile import compile_pipeline
+    from vxdeploy.pipelines.compile import compile_pipeline
 
     return compile_pipeline(tmp_path_factory.mktemp("compiled") / "optimize_and_deploy.yaml")
 

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import yaml
 
-from components.common.images import IMAGE_NAMES, image
-from components.common.run_parameters import PARAMETER_NAMES
-from pipelines.compile import check_compiled, compiled_text
+from vxdeploy.components.common.images import IMAGE_NAMES, image
+from vxdeploy.components.common.run_parameters import PARAMETER_NAMES
+from vxdeploy.pipelines.compile import check_compiled, compiled_text
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPILED = ROOT / "compiled" / "optimize_and_deploy.yaml"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.common.config import SECTIONS, RunConfig, load_config
-from components.common.errors import ConfigError
-from components.common.run_parameters import (
+from vxdeploy.components.common.config import SECTIONS, RunConfig, load_config
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.components.common.run_parameters import (
     FLAT_PARAMETERS,
     LOCATION_PLACEHOLDER,
     PROJECT_PLACEHOLDER,
@@ -19,7 +19,7 @@ from components.common.run_parameters import (
     section_data,
     to_pipeline_parameters,
 )
-from pipelines.compile import compile_pipeline
+from vxdeploy.pipelines.compile import compile_pipeline
 
 KFP_TYPES = {str: "STRING", bool: "BOOLEAN", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", list: "LIST"}
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.compile import compile_pipeline
+from vxdeploy.pipelines.compile import compile_pipeline
 
 LOCAL_STAGES = {"validate", "intake", "export", "calibrate", "compile", "select", "package", "serve_check"}
 CLOUD_STAGES = {"deploy", "canary", "monitoring"}

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.common.images import BASE_IMAGES, image
-from components.package.triton_install import SERVING_IMAGE_TRITON, TRITON_ROOT_ENV
-from pipelines.compile import compile_pipeline
+from vxdeploy.components.common.images import BASE_IMAGES, image
+from vxdeploy.components.package.triton_install import SERVING_IMAGE_TRITON, TRITON_ROOT_ENV
+from vxdeploy.pipelines.compile import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from components.select.isolated import MEASUREMENT_ENV
+from vxdeploy.components.select.isolated import MEASUREMENT_ENV
 
 
 class EnvCheckingRunner:

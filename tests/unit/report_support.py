@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from components.canary.analysis import Analysis, Check
-from components.canary.metrics import WindowStats
-from components.canary.rollout import StepRecord
-from components.package.serve_sweep import SweepPoint, SweepResult
-from components.select.benchmark import (
+from vxdeploy.components.canary.analysis import Analysis, Check
+from vxdeploy.components.canary.metrics import WindowStats
+from vxdeploy.components.canary.rollout import StepRecord
+from vxdeploy.components.package.serve_sweep import SweepPoint, SweepResult
+from vxdeploy.components.select.benchmark import (
     AccuracyFigures,
     BenchmarkResult,
     CandidateFigures,

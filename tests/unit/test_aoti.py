@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from components.common.config import CompilationConfig
-from components.common.data import load_dataset
-from components.common.errors import CandidateUnavailable
-from components.common.signature import signature_from_exported_program
-from components.compile import aoti
-from components.compile.build import CompileSources, build_candidates
-from components.compile.candidates import CandidateManifest
+from vxdeploy.components.common.config import CompilationConfig
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.errors import CandidateUnavailable
+from vxdeploy.components.common.signature import signature_from_exported_program
+from vxdeploy.components.compile import aoti
+from vxdeploy.components.compile.build import CompileSources, build_candidates
+from vxdeploy.components.compile.candidates import CandidateManifest
 
 
 @pytest.fixture(scope="module")

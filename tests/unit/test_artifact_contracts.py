@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kfp import dsl
 
-from components.common.artifacts import (
+from vxdeploy.components.common.artifacts import (
     CONTRACTS,
     ArtifactMetadata,
     ArtifactMetadataError,
@@ -23,8 +23,8 @@ from components.common.artifacts import (
     VertexEndpoint,
     VertexModel,
 )
-from components.deploy.deploy import tensorrt_engines
-from components.deploy.model_upload import ServingContainer as DeployServingContainer
+from vxdeploy.components.deploy.deploy import tensorrt_engines
+from vxdeploy.components.deploy.model_upload import ServingContainer as DeployServingContainer
 
 SIGNATURE = {
     "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 16]}],

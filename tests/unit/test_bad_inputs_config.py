@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.cli import main
+from vxdeploy.pipelines.cli import main
 
 Inputs = Callable[[Path, Path], list[str]]  # (scratch dir, digits dir) -> extra arguments
 

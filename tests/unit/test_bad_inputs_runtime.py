@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.cli import main
+from vxdeploy.pipelines.cli import main
 
 
 @dataclass(frozen=True)
@@ -500,7 +500,7 @@ def test_the_table_covers_the_runtime_half_of_issue_12() -> None:
 def test_a_bug_exits_1_with_one_line_and_the_traceback_in_a_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    import pipelines.cli as cli
+    import vxdeploy.pipelines.cli as cli
 
     def broken(args: object) -> int:
         raise KeyError("selection")  # what a bug in a command looks like from outside

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from components.common.config import CompilationConfig, SelectionConfig
-from components.common.data import Dataset
-from components.common.signature import ModelSignature, TensorSpec, signature_from_onnx
-from components.compile.build import CompileSources, build_candidates
-from components.select.benchmark import (
+from vxdeploy.components.common.config import CompilationConfig, SelectionConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec, signature_from_onnx
+from vxdeploy.components.compile.build import CompileSources, build_candidates
+from vxdeploy.components.select.benchmark import (
     AccuracyFigures,
     CandidateFigures,
     batch_feeds,
@@ -25,8 +25,8 @@ from components.select.benchmark import (
     measure_latency,
     time_interleaved,
 )
-from components.verify.accuracy import output_metrics, resolve_output_metrics, targets_for
-from components.verify.runners import TorchRunner
+from vxdeploy.components.verify.accuracy import output_metrics, resolve_output_metrics, targets_for
+from vxdeploy.components.verify.runners import TorchRunner
 
 
 class CountingRunner:

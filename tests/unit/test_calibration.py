@@ -6,16 +6,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from components.calibrate.backends import compute_ranges, modelopt_available, resolve_backend
-from components.calibrate.int8 import calibrate_int8
-from components.calibrate.samples import FewCalibrationSamplesWarning
-from components.common.config import DataConfig, ExportConfig, ModelConfig, QuantizationConfig
-from components.common.data import Dataset, load_dataset
-from components.common.errors import ConfigError, DataError
-from components.common.signature import ModelSignature, signature_from_onnx
-from components.export.onnx_export import export_onnx
-from components.intake.intake import read_signature
-from components.verify.runners import run_onnxruntime
+from vxdeploy.components.calibrate.backends import compute_ranges, modelopt_available, resolve_backend
+from vxdeploy.components.calibrate.int8 import calibrate_int8
+from vxdeploy.components.calibrate.samples import FewCalibrationSamplesWarning
+from vxdeploy.components.common.config import DataConfig, ExportConfig, ModelConfig, QuantizationConfig
+from vxdeploy.components.common.data import Dataset, load_dataset
+from vxdeploy.components.common.errors import ConfigError, DataError
+from vxdeploy.components.common.signature import ModelSignature, signature_from_onnx
+from vxdeploy.components.export.onnx_export import export_onnx
+from vxdeploy.components.intake.intake import read_signature
+from vxdeploy.components.verify.runners import run_onnxruntime
 
 FEW_OK = DataConfig(warn_calibration_samples=64)
 
@@ -274,7 +274,7 @@ def test_signature_mismatch_between_model_and_data_is_named(digits: dict, tmp_pa
 
 
 def test_ranges_read_back_from_the_qdq_model_cover_the_calibrated_ranges(hard: dict, tmp_path: Path) -> None:
-    from components.calibrate.backends import qdq_activation_ranges
+    from vxdeploy.components.calibrate.backends import qdq_activation_ranges
 
     cfg = QuantizationConfig(method="max", max_excluded_layers=0)
     calibrate_int8(hard["path"], hard["sig"], hard["cal"], hard["eval"], tmp_path, cfg, FEW_OK)
@@ -285,14 +285,14 @@ def test_ranges_read_back_from_the_qdq_model_cover_the_calibrated_ranges(hard: d
 
 
 def test_sample_limits_that_cannot_be_met_are_a_config_error() -> None:
-    from components.common.config import parse_section
+    from vxdeploy.components.common.config import parse_section
 
     with pytest.raises(ConfigError, match="max_calibration_samples 10 < min_calibration_samples 64"):
         parse_section(DataConfig, {"max_calibration_samples": 10}, "data")
 
 
 def test_entropy_with_too_few_bins_to_search_is_a_config_error() -> None:
-    from components.common.config import parse_section
+    from vxdeploy.components.common.config import parse_section
 
     with pytest.raises(ConfigError, match="leaves entropy calibration no choice"):
         parse_section(QuantizationConfig, {"method": "entropy", "num_bins": 128}, "quantization")

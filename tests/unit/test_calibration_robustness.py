@@ -7,12 +7,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from components.calibrate.backends import HISTOGRAM_SAFE_LIMIT, compute_ranges
-from components.calibrate.int8 import calibrate_int8
-from components.common.config import DataConfig, QuantizationConfig
-from components.common.data import Dataset
-from components.common.signature import signature_from_onnx
-from components.verify.runners import run_onnxruntime
+from vxdeploy.components.calibrate.backends import HISTOGRAM_SAFE_LIMIT, compute_ranges
+from vxdeploy.components.calibrate.int8 import calibrate_int8
+from vxdeploy.components.common.config import DataConfig, QuantizationConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.signature import signature_from_onnx
+from vxdeploy.components.verify.runners import run_onnxruntime
 
 FEW_OK = DataConfig(min_calibration_samples=8, warn_calibration_samples=8)
 SEQ = 16
@@ -264,11 +264,11 @@ def test_cnn_quantizes_every_operator_and_writes_no_dynamic_model(tmp_path: Path
 def test_a_fused_vit_quantizes_dynamically_and_keeps_its_answers(tmp_path: Path) -> None:
     import torch
 
-    from components.calibrate.backends import fuse_transformer, quantize_dynamic_onnxruntime
-    from components.common.config import ExportConfig
-    from components.common.signature import signature_from_exported_program
-    from components.export.onnx_export import export_onnx
     from tests.zoo.models import vit_classifier
+    from vxdeploy.components.calibrate.backends import fuse_transformer, quantize_dynamic_onnxruntime
+    from vxdeploy.components.common.config import ExportConfig
+    from vxdeploy.components.common.signature import signature_from_exported_program
+    from vxdeploy.components.export.onnx_export import export_onnx
 
     zoo = vit_classifier(tmp_path, n_calib=8, n_eval=8)
     program = torch.export.load(str(zoo.model_path))

@@ -7,10 +7,10 @@ import numpy as np
 import onnx
 import pytest
 
-from components.calibrate.int8 import calibrate_int8
-from components.common.config import DataConfig, QuantizationConfig, SelectionConfig
-from components.common.data import Dataset
-from components.common.signature import signature_from_onnx
+from vxdeploy.components.calibrate.int8 import calibrate_int8
+from vxdeploy.components.common.config import DataConfig, QuantizationConfig, SelectionConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.signature import signature_from_onnx
 
 pytestmark = pytest.mark.slow
 

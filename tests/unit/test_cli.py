@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
+from vxdeploy.pipelines.cli import main
 
 
 def test_broken_config_exits_non_zero_naming_the_field(

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from components.common.config import CompilationConfig
-from components.common.errors import ConfigError, InternalError
-from components.common.signature import signature_from_onnx
-from components.compile import stage
-from components.compile.build import CompileSources, build_candidates
-from components.compile.candidates import read_manifest, sha256_file
-from components.compile.gpus import check_build_hardware
+from vxdeploy.components.common.config import CompilationConfig
+from vxdeploy.components.common.errors import ConfigError, InternalError
+from vxdeploy.components.common.signature import signature_from_onnx
+from vxdeploy.components.compile import stage
+from vxdeploy.components.compile.build import CompileSources, build_candidates
+from vxdeploy.components.compile.candidates import read_manifest, sha256_file
+from vxdeploy.components.compile.gpus import check_build_hardware
 
 
 def tiny_cnn() -> nn.Module:

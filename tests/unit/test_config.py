@@ -2,8 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import RunConfig, SelectionConfig, load_config, parse_config, parse_section
-from components.common.errors import ConfigError
+from vxdeploy.components.common.config import (
+    RunConfig,
+    SelectionConfig,
+    load_config,
+    parse_config,
+    parse_section,
+)
+from vxdeploy.components.common.errors import ConfigError
 
 
 def test_defaults_run_offline_without_any_field_set() -> None:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from components.common.config import SECTIONS, RunConfig
-from pipelines.config_reference import REFERENCE_PATH, render_configuration_reference
+from vxdeploy.components.common.config import SECTIONS, RunConfig
+from vxdeploy.pipelines.config_reference import REFERENCE_PATH, render_configuration_reference
 
 
 def test_committed_configuration_reference_is_up_to_date() -> None:
     # given the reference the code generates now
     generated = render_configuration_reference()
 
-    # when / then the committed file is the same (else: python -m pipelines.config_reference --write)
+    # when / then the committed file is the same (else: python -m vxdeploy.pipelines.config_reference --write)
     assert REFERENCE_PATH.read_text() == generated
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common import images
 from tests.fakes.vertex_pipelines import compiled_template_fixture  # noqa: F401
+from vxdeploy.components.common import images
 
 REPO = Path(__file__).resolve().parents[2]
 CONTAINERS = REPO / "containers"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.config import DeploymentConfig, ServiceLevelConfig
-from components.cost import MachinePrice, MeasuredCandidate, PriceTable, estimate_costs
-from components.cost.prices import AcceleratorPrice
+from vxdeploy.components.common.config import DeploymentConfig, ServiceLevelConfig
+from vxdeploy.components.cost import MachinePrice, MeasuredCandidate, PriceTable, estimate_costs
+from vxdeploy.components.cost.prices import AcceleratorPrice
 
 CPU = "cpu:Test CPU (2 cores)"
 CPU_DEPLOYMENT = DeploymentConfig(machine_type="n1-standard-4", accelerator_type="", accelerator_count=0)

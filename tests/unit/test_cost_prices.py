@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.errors import ConfigError
-from components.cost import load_price_table
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.components.cost import load_price_table
 
 
 def test_shipped_snapshot_is_dated_and_names_its_source() -> None:

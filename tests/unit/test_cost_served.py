@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from components.common.config import DeploymentConfig, ServiceLevelConfig
-from components.cost.served import served_candidate_name, served_cost
-from components.package.serve_sweep import SweepPoint
+from vxdeploy.components.common.config import DeploymentConfig, ServiceLevelConfig
+from vxdeploy.components.cost.served import served_candidate_name, served_cost
+from vxdeploy.components.package.serve_sweep import SweepPoint
 
 
 def _point(batching: str, clients: int, rps: float, p95: float, errors: int = 0) -> SweepPoint:

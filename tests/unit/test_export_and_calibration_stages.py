@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from kfp.dsl import Artifact, Dataset, Markdown, Metrics, Model
 
-from components.calibrate import stage as calibrate_stage
-from components.common.config import (
+from vxdeploy.components.calibrate import stage as calibrate_stage
+from vxdeploy.components.common.config import (
     DataConfig,
     ExportConfig,
     ModelConfig,
     QuantizationConfig,
     SelectionConfig,
 )
-from components.common.errors import DataError
-from components.export import stage as export_stage
-from components.intake.intake import read_signature
+from vxdeploy.components.common.errors import DataError
+from vxdeploy.components.export import stage as export_stage
+from vxdeploy.components.intake.intake import read_signature
 
 
 def _intake_artifacts(digits_dir: Path, root: Path) -> tuple[Model, Dataset, Dataset]:

@@ -6,12 +6,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from components.common.config import ExportConfig, ModelConfig, ModelPartConfig, TensorOverride
-from components.common.data import load_dataset
-from components.common.errors import ConfigError, DataError, ModelIntakeError, ParityError
-from components.common.signature import signature_from_exported_program
-from components.export.onnx_export import export_onnx, export_parts
-from components.intake.intake import read_signature
+from vxdeploy.components.common.config import ExportConfig, ModelConfig, ModelPartConfig, TensorOverride
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.errors import ConfigError, DataError, ModelIntakeError, ParityError
+from vxdeploy.components.common.signature import signature_from_exported_program
+from vxdeploy.components.export.onnx_export import export_onnx, export_parts
+from vxdeploy.components.intake.intake import read_signature
 
 
 class TinyTextModel(torch.nn.Module):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from components.common.errors import UserError
-from components.package.gcs import UploadConflictError, upload_repository
-from components.package.manifest import ManifestMismatchError, write_manifest
 from tests.fakes.gcs import GcsEmulator, gcs_emulator
+from vxdeploy.components.common.errors import UserError
+from vxdeploy.components.package.gcs import UploadConflictError, upload_repository
+from vxdeploy.components.package.manifest import ManifestMismatchError, write_manifest
 
 
 @pytest.fixture()

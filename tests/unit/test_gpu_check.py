@@ -153,9 +153,9 @@ def test_script_imports_without_what_the_lent_gpu_machine_lacks() -> None:
         "import sys\n"
         "for name in ('pydantic', 'kfp', 'google', 'google.cloud', 'tritonclient'):\n"
         "    sys.modules[name] = None\n"
-        "import benchmarks.gpu_check, components.compile.aoti, components.common.builtin\n"
-        "import components.verify.compare\n"
-        "import components.common.signature, components.common.uris\n"
+        "import benchmarks.gpu_check, vxdeploy.components.compile.aoti, vxdeploy.components.common.builtin\n"
+        "import vxdeploy.components.verify.compare\n"
+        "import vxdeploy.components.common.signature, vxdeploy.components.common.uris\n"
     )
 
     proc = subprocess.run(

@@ -3,9 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.common.config import DataConfig, ModelConfig
-from components.common.errors import DataError, ModelIntakeError, UserError
-from components.intake.intake import intake
+from vxdeploy.components.common.config import DataConfig, ModelConfig
+from vxdeploy.components.common.errors import DataError, ModelIntakeError, UserError
+from vxdeploy.components.intake.intake import intake
 
 
 def test_builtin_digits_intake_reads_signature_and_data(tmp_path: Path) -> None:

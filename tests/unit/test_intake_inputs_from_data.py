@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.common.config import DataConfig, ModelConfig
-from components.common.errors import DataError
-from components.intake.intake import inputs_from_data, intake
 from tests.zoo import models
+from vxdeploy.components.common.config import DataConfig, ModelConfig
+from vxdeploy.components.common.errors import DataError
+from vxdeploy.components.intake.intake import inputs_from_data, intake
 
 
 def test_a_torchscript_model_without_model_inputs_takes_its_inputs_from_the_data(tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ import torch
 from isolated_recipes import open_env_checking_runner, open_failing_runner, open_nothing
 from torch import nn
 
-from components.common.config import CompilationConfig, SelectionConfig
-from components.common.data import Dataset
-from components.common.signature import signature_from_onnx
-from components.compile.build import CompileSources, build_candidates
-from components.select.benchmark import CandidateFigures, benchmark_candidates, time_interleaved
-from components.select.isolated import ProcessTimer, WorkerError, start_process_timers
+from vxdeploy.components.common.config import CompilationConfig, SelectionConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.signature import signature_from_onnx
+from vxdeploy.components.compile.build import CompileSources, build_candidates
+from vxdeploy.components.select.benchmark import CandidateFigures, benchmark_candidates, time_interleaved
+from vxdeploy.components.select.isolated import ProcessTimer, WorkerError, start_process_timers
 
 FEEDS = {"x": np.zeros((4, 3), dtype=np.float32)}
 
@@ -113,7 +113,7 @@ def test_selection_times_the_candidates_and_the_reference_each_in_their_own_proc
         CompilationConfig(candidates=["onnxruntime_fp32"]),
         CompileSources(signature, onnx_path),
     )
-    from components.select.runners import reference_runner
+    from vxdeploy.components.select.runners import reference_runner
 
     reference = reference_runner(onnx_path, "onnx", signature)
     data = Dataset({"input": np.random.default_rng(0).standard_normal((8, 1, 4, 4)).astype(np.float32)})
@@ -141,7 +141,7 @@ def test_selection_times_the_candidates_and_the_reference_each_in_their_own_proc
 def test_sessions_opened_for_timing_spin_as_the_environment_says(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spinning: str
 ) -> None:
-    from components.compile import ort
+    from vxdeploy.components.compile import ort
 
     onnx_path = tmp_path / "tiny.onnx"
     torch.onnx.export(Tiny().eval(), (torch.zeros(1, 1, 4, 4),), str(onnx_path), dynamo=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from components.package.manifest import ManifestMismatchError, verify_manifest, write_manifest
+from vxdeploy.components.package.manifest import ManifestMismatchError, verify_manifest, write_manifest
 
 
 def _repository(root: Path) -> Path:

@@ -11,13 +11,13 @@ import pytest
 import torch
 from kfp import dsl
 
-from components.common.errors import ConfigError, ModelIntakeError
-from components.common.images import SERVING_IMAGE
-from components.common.signature import ModelSignature, TensorSpec
-from components.package import stage
-from components.package.manifest import verify_manifest
-from components.package.serve_check import ServeCheckUnavailable
-from components.package.tritonserver import find_bundled_triton
+from vxdeploy.components.common.errors import ConfigError, ModelIntakeError
+from vxdeploy.components.common.images import SERVING_IMAGE
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package import stage
+from vxdeploy.components.package.manifest import verify_manifest
+from vxdeploy.components.package.serve_check import ServeCheckUnavailable
+from vxdeploy.components.package.tritonserver import find_bundled_triton
 
 SIGNATURE = ModelSignature(
     inputs=(TensorSpec("input", "float32", ("batch", 4)),),

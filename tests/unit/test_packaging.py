@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from components.common import images
+from vxdeploy.components.common import images
 
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -113,7 +113,7 @@ def test_the_submit_template_default_is_the_installed_one_whatever_the_directory
 ) -> None:
     # given a directory without a compiled/ folder
     monkeypatch.chdir(tmp_path)
-    from pipelines import submit
+    from vxdeploy.pipelines import submit
 
     # when the default of --template is looked at from there
     default = Path(submit.DEFAULT_TEMPLATE)
@@ -169,7 +169,7 @@ def test_the_tag_set_by_a_compiled_task_wins(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_every_compiled_task_runs_the_tagged_image_and_knows_the_tag(tmp_path: Path) -> None:
     # given the pipeline compiled for a registry
-    from pipelines.compile import compile_pipeline
+    from vxdeploy.pipelines.compile import compile_pipeline
 
     spec = yaml.safe_load(compile_pipeline(tmp_path / "p.yaml", registry="eu.gcr.io/acme/vx").read_text())
     executors = spec["deploymentSpec"]["executors"].values()

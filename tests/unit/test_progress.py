@@ -1,9 +1,9 @@
 """Progress from inside a task reaches the terminal of ``vxdeploy run --local``, and only there.
 
-:mod:`components.common.progress` writes steps to the side channel the local runner names (from
+:mod:`vxdeploy.components.common.progress` writes steps to the side channel the local runner names (from
 another process, as kfp.local's task subprocesses do) and logs each quarter everywhere;
-:mod:`pipelines.terminal` draws stages and progress as plain lines off a terminal and as a
-redrawn line on one; :class:`pipelines.local_run.TaskLogs` keeps kfp's output in the task logs.
+:mod:`vxdeploy.pipelines.terminal` draws stages and progress as plain lines off a terminal and as a
+redrawn line on one; :class:`vxdeploy.pipelines.local_run.TaskLogs` keeps kfp's output in the task logs.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from components.common import progress
-from components.common.progress import PROGRESS_FILE_ENV, ProgressEvent, read_events
-from pipelines.local_run import TaskLogs
-from pipelines.terminal import HEARTBEAT_S, RunView, kfp_local_warnings_filtered
+from vxdeploy.components.common import progress
+from vxdeploy.components.common.progress import PROGRESS_FILE_ENV, ProgressEvent, read_events
+from vxdeploy.pipelines.local_run import TaskLogs
+from vxdeploy.pipelines.terminal import HEARTBEAT_S, RunView, kfp_local_warnings_filtered
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROL = "\x1b"
@@ -37,7 +37,7 @@ def _fresh_progress_state(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_steps_from_a_task_subprocess_reach_the_side_channel(tmp_path: Path) -> None:
     channel = tmp_path / "progress.jsonl"
     code = (
-        "from components.common import progress\n"
+        "from vxdeploy.components.common import progress\n"
         "for i in range(1, 41):\n"
         "    progress.step('calibration batches', i, 40)\n"
     )

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import DeploymentConfig, ModelConfig
-from components.common.errors import ConfigError, ModelIntakeError, UserError
-from components.common.registry import (
+from tests.fakes.gcs import GcsEmulator, gcs_emulator
+from tests.fakes.vertex_pipelines import FakeVertexPipelines, vertex_pipelines_fixture  # noqa: F401
+from vxdeploy.components.common.config import DeploymentConfig, ModelConfig
+from vxdeploy.components.common.errors import ConfigError, ModelIntakeError, UserError
+from vxdeploy.components.common.registry import (
     RegistryModelVersion,
     already_deployed_reason,
     find_deployed_version,
@@ -20,9 +22,7 @@ from components.common.registry import (
     select_model_files,
     source_model_labels,
 )
-from components.intake.intake import detect_format, resolve
-from tests.fakes.gcs import GcsEmulator, gcs_emulator
-from tests.fakes.vertex_pipelines import FakeVertexPipelines, vertex_pipelines_fixture  # noqa: F401
+from vxdeploy.components.intake.intake import detect_format, resolve
 
 MODEL = "projects/vx-project/locations/us-central1/models/digits"
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from components.report.build import SCHEMA_VERSION, build_report, readable, render_markdown
-from components.report.html import render_html
 from tests.unit.report_support import BATCHES, NOT_COSTED, SUBSTITUTION, stage_reports
+from vxdeploy.components.report.build import SCHEMA_VERSION, build_report, readable, render_markdown
+from vxdeploy.components.report.html import render_html
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

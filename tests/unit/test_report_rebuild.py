@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from components.common.stage import write_json
-from components.report import stage
-from components.report.build import report_sections
-from pipelines.cli import main
-from pipelines.report import STAGE_TASKS, build_report, write_reports
 from tests.fakes.rollout import StandInArtifact
 from tests.unit.report_support import stage_reports
+from vxdeploy.components.common.stage import write_json
+from vxdeploy.components.report import stage
+from vxdeploy.components.report.build import report_sections
+from vxdeploy.pipelines.cli import main
+from vxdeploy.pipelines.report import STAGE_TASKS, build_report, write_reports
 
 RUN = "vxdeploy-optimize-and-deploy-2026-12-01-12-00-00"
 

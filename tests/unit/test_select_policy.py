@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.config import SelectionConfig, parse_section
-from components.common.errors import AccuracyBudgetError, ConfigError, ServiceLevelError
-from components.select.benchmark import AccuracyFigures, CandidateFigures, latency_figures
-from components.select.policy import select_candidate
-from components.select.table import comparison_rows, decision_markdown, summary_rows
+from vxdeploy.components.common.config import SelectionConfig, parse_section
+from vxdeploy.components.common.errors import AccuracyBudgetError, ConfigError, ServiceLevelError
+from vxdeploy.components.select.benchmark import AccuracyFigures, CandidateFigures, latency_figures
+from vxdeploy.components.select.policy import select_candidate
+from vxdeploy.components.select.table import comparison_rows, decision_markdown, summary_rows
 
 
 def figures(

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from components.common.data import Dataset
-from components.common.errors import ServiceLevelError
-from components.common.signature import signature_from_onnx
-from components.compile import stage as compile_stage
-from components.select import stage as select_stage
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.errors import ServiceLevelError
+from vxdeploy.components.common.signature import signature_from_onnx
+from vxdeploy.components.compile import stage as compile_stage
+from vxdeploy.components.select import stage as select_stage
 
 
 class Metrics:
@@ -168,7 +168,7 @@ def test_no_candidate_within_budget_fails_after_writing_the_evidence(
 def test_eval_data_that_does_not_fit_the_model_is_a_data_error(
     compiled: dict[str, SimpleNamespace], tmp_path: Path
 ) -> None:
-    from components.common.errors import DataError
+    from vxdeploy.components.common.errors import DataError
 
     np.savez(tmp_path / "bad.npz", pixels=np.zeros((4, 1, 4, 4), dtype=np.float32))
     arts = {**compiled, "eval": artifact(tmp_path / "bad.npz")}

@@ -15,21 +15,25 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from components.common.config import DynamicBatchingConfig, TritonConfig
-from components.common.signature import ModelSignature, TensorSpec
-from components.package import triton_install
-from components.package.model_config import CONFIG_FILE, read_model_config
-from components.package.repository import MODEL_REPOSITORY_DIR, package_triton_repository
-from components.package.serve_check import ServeCheckResult, serve_copy, short_substitutions
-from components.package.serve_sweep import (
+from vxdeploy.components.common.config import DynamicBatchingConfig, TritonConfig
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package import triton_install
+from vxdeploy.components.package.model_config import CONFIG_FILE, read_model_config
+from vxdeploy.components.package.repository import MODEL_REPOSITORY_DIR, package_triton_repository
+from vxdeploy.components.package.serve_check import ServeCheckResult, serve_copy, short_substitutions
+from vxdeploy.components.package.serve_sweep import (
     StatisticsNotSettled,
     SweepPoint,
     add_sweep_variants,
     batching_gain,
     settled_counters,
 )
-from components.package.triton_install import PYTRITON_HOME_ENV, TRITON_ROOT_ENV, find_serve_check_server
-from components.package.tritonserver import find_bundled_triton
+from vxdeploy.components.package.triton_install import (
+    PYTRITON_HOME_ENV,
+    TRITON_ROOT_ENV,
+    find_serve_check_server,
+)
+from vxdeploy.components.package.tritonserver import find_bundled_triton
 
 SIGNATURE = ModelSignature(
     inputs=(TensorSpec("input", "float32", ("batch", 4)),),
@@ -206,7 +210,9 @@ def test_the_serving_image_triton_is_chosen_and_never_swapped_for_the_stand_in(
         assert server is not None and server.origin == "bundled" and server.backends == {"python"}
     else:
         assert server is None
-        assert "missing/bin/tritonserver" in reason and "-m components.package.triton_install" in reason
+        assert (
+            "missing/bin/tritonserver" in reason and "-m vxdeploy.components.package.triton_install" in reason
+        )
 
 
 def test_without_any_triton_the_reason_says_how_to_get_one(
@@ -220,7 +226,10 @@ def test_without_any_triton_the_reason_says_how_to_get_one(
 
     assert server is None
     assert "missing/bin/tritonserver is not an executable file" in reason
-    assert "-m components.package.triton_install" in reason and "triton.serve_check: best_effort" in reason
+    assert (
+        "-m vxdeploy.components.package.triton_install" in reason
+        and "triton.serve_check: best_effort" in reason
+    )
 
 
 def _nowhere(package_name: str = "pytriton", search_path: Any = None) -> tuple[None, str]:

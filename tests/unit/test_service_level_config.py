@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.config import ServiceLevelConfig, parse_config, parse_section
-from components.common.errors import ConfigError
+from vxdeploy.components.common.config import ServiceLevelConfig, parse_config, parse_section
+from vxdeploy.components.common.errors import ConfigError
 
 
 def test_override_keys_for_machines_and_gpus_on_demand_and_spot_are_accepted() -> None:

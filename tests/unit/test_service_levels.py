@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import DeploymentConfig, ServiceLevelConfig
-from components.common.errors import InternalError, ServiceLevelError
-from components.cost import (
+from vxdeploy.components.common.config import DeploymentConfig, ServiceLevelConfig
+from vxdeploy.components.common.errors import InternalError, ServiceLevelError
+from vxdeploy.components.cost import (
     MachinePrice,
     MeasuredCandidate,
     PriceTable,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from components.common.data import Dataset, load_dataset
-from components.common.errors import DataError
-from components.common.signature import (
+from vxdeploy.components.common.data import Dataset, load_dataset
+from vxdeploy.components.common.errors import DataError
+from vxdeploy.components.common.signature import (
     ModelSignature,
     TensorSpec,
     signature_from_exported_program,

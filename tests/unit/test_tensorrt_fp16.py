@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from components.common.errors import CandidateUnavailable
-from components.compile.fp16 import convert_onnx_to_fp16, modelopt_available
+from vxdeploy.components.common.errors import CandidateUnavailable
+from vxdeploy.components.compile.fp16 import convert_onnx_to_fp16, modelopt_available
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from components.common.config import CompilationConfig
-from components.common.signature import signature_from_onnx
-from components.compile import tensorrt
-from components.compile.build import CompileSources, build_candidates
-from components.verify.runners import TensorRTRunner
+from vxdeploy.components.common.config import CompilationConfig
+from vxdeploy.components.common.signature import signature_from_onnx
+from vxdeploy.components.compile import tensorrt
+from vxdeploy.components.compile.build import CompileSources, build_candidates
+from vxdeploy.components.verify.runners import TensorRTRunner
 
 pytestmark = pytest.mark.gpu
 

@@ -9,12 +9,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from components.common.config import CompilationConfig
-from components.common.errors import CandidateUnavailable, ConfigError
-from components.common.signature import ModelSignature, TensorSpec
-from components.compile import tensorrt
-from components.compile.gpus import gpu_family, resolve_gpu
-from components.compile.tensorrt import (
+from vxdeploy.components.common.config import CompilationConfig
+from vxdeploy.components.common.errors import CandidateUnavailable, ConfigError
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.compile import tensorrt
+from vxdeploy.components.compile.gpus import gpu_family, resolve_gpu
+from vxdeploy.components.compile.tensorrt import (
     EngineCompatibilityError,
     EngineMetadata,
     build_options,

@@ -5,19 +5,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.calibrate.backends import (
+from tests.zoo.models import bert_encoder, token_data
+from vxdeploy.components.calibrate.backends import (
     FUSED_ATTENTION_OPS,
     FUSION_MIN_COSINE,
     fuse_transformer,
     fusion_mismatch,
     quantize_dynamic_onnxruntime,
 )
-from components.common.config import ExportConfig, QuantizationConfig
-from components.common.signature import signature_from_exported_program
-from components.export.onnx_export import export_onnx
-from components.verify.compare import row_cosines
-from components.verify.runners import run_onnxruntime
-from tests.zoo.models import bert_encoder, token_data
+from vxdeploy.components.common.config import ExportConfig, QuantizationConfig
+from vxdeploy.components.common.signature import signature_from_exported_program
+from vxdeploy.components.export.onnx_export import export_onnx
+from vxdeploy.components.verify.compare import row_cosines
+from vxdeploy.components.verify.runners import run_onnxruntime
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +104,9 @@ def test_unpacked_fusion_leaves_qkv_projections_for_dynamic_int8(bert_onnx: Path
 def test_fp32_candidate_of_a_transformer_serves_the_fused_graph(bert_onnx: Path, tmp_path: Path) -> None:
     import onnx
 
-    from components.common.config import CompilationConfig
-    from components.common.signature import signature_from_onnx
-    from components.compile.build import CompileSources, build_candidates
+    from vxdeploy.components.common.config import CompilationConfig
+    from vxdeploy.components.common.signature import signature_from_onnx
+    from vxdeploy.components.compile.build import CompileSources, build_candidates
 
     # Given a transformer's FP32 export
     sources = CompileSources(signature_from_onnx(bert_onnx), bert_onnx)
@@ -122,10 +122,10 @@ def test_fp32_candidate_of_a_transformer_serves_the_fused_graph(bert_onnx: Path,
 
 
 def test_fp32_candidate_of_a_cnn_is_the_export_unchanged(tmp_path: Path) -> None:
-    from components.common.config import CompilationConfig
-    from components.common.signature import signature_from_onnx
-    from components.compile.build import CompileSources, build_candidates
-    from components.compile.candidates import sha256_file
+    from vxdeploy.components.common.config import CompilationConfig
+    from vxdeploy.components.common.signature import signature_from_onnx
+    from vxdeploy.components.compile.build import CompileSources, build_candidates
+    from vxdeploy.components.compile.candidates import sha256_file
 
     # Given a CNN's FP32 export (no attention)
     cnn = _conv_net(tmp_path / "cnn.onnx")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from components.common.config import TritonConfig
-from components.common.data import Dataset
-from components.common.signature import ModelSignature, TensorSpec
-from components.package.repository import package_triton_repository
-from components.package.serve_check import check_served_repository, reference_outputs
-from components.package.tritonserver import find_bundled_triton
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.data import Dataset
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package.repository import package_triton_repository
+from vxdeploy.components.package.serve_check import check_served_repository, reference_outputs
+from vxdeploy.components.package.tritonserver import find_bundled_triton
 
 INSTALL, WHY_NOT = find_bundled_triton()
 SIGNATURE = ModelSignature(

@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.common.config import DeploymentConfig, TritonConfig, parse_section
-from components.common.errors import ConfigError, ModelIntakeError
-from components.common.signature import ModelSignature, TensorSpec
-from components.package.model_config import parse_model_config
-from components.package.repository import package_triton_repository, resolve_instance_kind
+from vxdeploy.components.common.config import DeploymentConfig, TritonConfig, parse_section
+from vxdeploy.components.common.errors import ConfigError, ModelIntakeError
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package.model_config import parse_model_config
+from vxdeploy.components.package.repository import package_triton_repository, resolve_instance_kind
 
 SIGNATURE = ModelSignature(
     inputs=(TensorSpec("input", "float32", ("batch", 4)),),

@@ -11,16 +11,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from components.common.config import TritonConfig
-from components.common.signature import ModelSignature, TensorSpec
-from components.package.ensemble import (
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package.ensemble import (
     EnsembleStep,
     EnsembleWiringError,
     ModelPart,
     check_ensemble_wiring,
     package_ensemble,
 )
-from components.package.model_config import parse_model_config
+from vxdeploy.components.package.model_config import parse_model_config
 
 PIXELS = ModelSignature(
     inputs=(TensorSpec("raw", "uint8", ("batch", 4)),),

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from components.common.config import TritonConfig
-from components.common.signature import ModelSignature, TensorSpec
-from components.package.ensemble import EnsembleStep, ModelPart, package_ensemble
-from components.package.tritonserver import TritonStartError, find_bundled_triton, running_triton
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package.ensemble import EnsembleStep, ModelPart, package_ensemble
+from vxdeploy.components.package.tritonserver import TritonStartError, find_bundled_triton, running_triton
 
 INSTALL, WHY_NOT = find_bundled_triton()
 pytestmark = pytest.mark.skipif(INSTALL is None, reason=WHY_NOT)
@@ -51,7 +51,7 @@ def _affine_part(tmp_path: Path, name: str) -> ModelPart:
 
 
 def _with_parameters(model_dir: Path, scale: float, shift: float) -> None:
-    from components.package.model_config import read_model_config, write_model_config
+    from vxdeploy.components.package.model_config import read_model_config, write_model_config
 
     config = read_model_config(model_dir)
     config.parameters["scale"].string_value = str(scale)

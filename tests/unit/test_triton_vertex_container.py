@@ -10,12 +10,12 @@ import pytest
 from google.cloud.aiplatform_v1.types import ModelContainerSpec
 from onnx import TensorProto, helper, numpy_helper
 
-from components.common import images
-from components.common.config import TritonConfig
-from components.common.signature import ModelSignature, TensorSpec
-from components.package.ensemble import EnsembleStep, ModelPart, package_ensemble
-from components.package.repository import TritonRepository, package_triton_repository
-from components.package.vertex import model_upload_kwargs, vertex_serving_container
+from vxdeploy.components.common import images
+from vxdeploy.components.common.config import TritonConfig
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.package.ensemble import EnsembleStep, ModelPart, package_ensemble
+from vxdeploy.components.package.repository import TritonRepository, package_triton_repository
+from vxdeploy.components.package.vertex import model_upload_kwargs, vertex_serving_container
 
 SIGNATURE = ModelSignature(
     inputs=(TensorSpec("input", "float32", ("batch", 4)),),

@@ -10,16 +10,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
-from components.cloud.lease import EXPIRES_KEY, HOLDER_KEY
-from components.common import images
-from components.common.config import RunConfig, parse_config
-from components.common.errors import RolloutConflictError
-from components.validate.checks import ImageUnavailableError, RunValidationError, validate_run
-from components.validate.image_registry import ImageRef, check_image
-from pipelines.cli import main
 from tests.fakes.registry import FakeRegistry
 from tests.fakes.vertex import FakeVertex
+from vxdeploy.components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
+from vxdeploy.components.cloud.lease import EXPIRES_KEY, HOLDER_KEY
+from vxdeploy.components.common import images
+from vxdeploy.components.common.config import RunConfig, parse_config
+from vxdeploy.components.common.errors import RolloutConflictError
+from vxdeploy.components.validate.checks import ImageUnavailableError, RunValidationError, validate_run
+from vxdeploy.components.validate.image_registry import ImageRef, check_image
+from vxdeploy.pipelines.cli import main
 
 
 def _digits(digits: Path, **sections: dict[str, Any]) -> RunConfig:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import (
+from vxdeploy.components.common.config import (
     SECTIONS,
     CanaryConfig,
     CompilationConfig,
@@ -21,7 +21,7 @@ from components.common.config import (
     ServiceLevelConfig,
     TritonConfig,
 )
-from pipelines.local_run import run_local
+from vxdeploy.pipelines.local_run import run_local
 
 BAD_SECTIONS = [
     ("model", ModelConfig.model_construct(name="../x"), "model.name"),
@@ -75,10 +75,10 @@ def test_on_vertex_ai_the_first_task_also_checks_the_task_images(
     import json
     from dataclasses import dataclass
 
-    from components.common import images
-    from components.validate import stage
-    from components.validate.checks import RunValidationError
     from tests.fakes.registry import FakeRegistry
+    from vxdeploy.components.common import images
+    from vxdeploy.components.validate import stage
+    from vxdeploy.components.validate.checks import RunValidationError
 
     @dataclass
     class GcsArtifact:  # what a Vertex AI task's output artifact looks like: gs:// URI, /gcs/ path

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.common.errors import ConfigError
-from components.common.signature import ModelSignature, TensorSpec
-from components.verify.accuracy import (
+from vxdeploy.components.common.errors import ConfigError
+from vxdeploy.components.common.signature import ModelSignature, TensorSpec
+from vxdeploy.components.verify.accuracy import (
     OutputMetric,
     measure_accuracy,
     output_metrics,

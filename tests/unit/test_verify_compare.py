@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from components.common.errors import ParityError
-from components.verify.compare import ParityTolerance, check_parity, compare_outputs, summarize
+from vxdeploy.components.common.errors import ParityError
+from vxdeploy.components.verify.compare import ParityTolerance, check_parity, compare_outputs, summarize
 
 
 def _logits(n: int = 64, classes: int = 10, seed: int = 0) -> np.ndarray:

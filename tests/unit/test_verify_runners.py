@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from components.common.signature import load_exported_program, signature_from_exported_program
-from components.verify.runners import (
+from tests.zoo.models import ZooModel, two_head
+from vxdeploy.components.common.signature import load_exported_program, signature_from_exported_program
+from vxdeploy.components.verify.runners import (
     RunnerUnavailable,
     TorchRunner,
     open_runner,
     run_batches,
     split_batches,
 )
-from tests.zoo.models import ZooModel, two_head
 
 
 @pytest.fixture(scope="module")

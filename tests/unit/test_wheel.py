@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from components.common import images
+from vxdeploy.components.common import images
 
 REPO = Path(__file__).resolve().parents[2]
 RENAMED = '"vxdeploy.components" = "components"' in (REPO / "pyproject.toml").read_text()

@@ -12,20 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.common.config import BuildProfile, ExportConfig, load_config
-from components.common.data import load_dataset
-from components.common.errors import ConfigError, DataError
-from components.common.signature import (
+from tests.zoo.models import ZooModel, bert_encoder, two_head
+from vxdeploy.components.common.config import BuildProfile, ExportConfig, load_config
+from vxdeploy.components.common.data import load_dataset
+from vxdeploy.components.common.errors import ConfigError, DataError
+from vxdeploy.components.common.signature import (
     load_exported_program,
     resolve_dim_profiles,
     signature_from_exported_program,
 )
-from components.export.onnx_export import export_onnx
-from components.intake.intake import intake
-from components.package.model_config import build_model_config
-from components.select.runners import reference_runner
-from components.verify.runners import run_batches
-from tests.zoo.models import ZooModel, bert_encoder, two_head
+from vxdeploy.components.export.onnx_export import export_onnx
+from vxdeploy.components.intake.intake import intake
+from vxdeploy.components.package.model_config import build_model_config
+from vxdeploy.components.select.runners import reference_runner
+from vxdeploy.components.verify.runners import run_batches
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,8 @@ def test_unrelated_extra_array_is_set_aside_and_a_target_for_no_output_is_refuse
 @pytest.mark.slow
 def test_aoti_builds_and_checks_a_kwargs_program_with_dict_outputs(heads: ZooModel, tmp_path: Path) -> None:
     # Before: "'dict' object has no attribute 'float'" in the AOTI build check, after a positional call.
-    from components.compile.aoti import compile_aoti
-    from components.verify.runners import AotiRunner
+    from vxdeploy.components.compile.aoti import compile_aoti
+    from vxdeploy.components.verify.runners import AotiRunner
 
     signature = _intake(heads, tmp_path / "in").signature
 
