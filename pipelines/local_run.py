@@ -47,6 +47,7 @@ from vxdeploy.pipelines.report import (
 from vxdeploy.pipelines.terminal import ProgressTail, RunView, kfp_local_warnings_filtered
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+REPORT_TASK = "write-run-report"  # kfp names the task after vxdeploy.components.report's component
 LOG_TAIL_LINES = 12
 MESSAGE_LINES = 8  # lines of a failing stage's message shown under its first
 # How long tasks get to stop (and stop their servers) after Ctrl-C/SIGTERM before they are killed.
@@ -307,8 +308,12 @@ class _StageLines:
         self.view = view
         self.pipeline_root = pipeline_root
         self._stages = dict((task, stage) for stage, task in STAGE_TASKS)
+        # The pipeline's report task(s): "Run report", and "Run report with rollout" when deploying.
+        self._stages.update({REPORT_TASK: "report", f"{REPORT_TASK}-2": "report"})
+        self._started: dict[str, float] = {}
 
     def started(self, task: str) -> None:
+        self._started[task] = time.monotonic()
         self.view.stage_started(self._stages.get(task, task))
 
     def ended(self, task: str, kfp_status: str = "") -> None:
@@ -323,11 +328,16 @@ class _StageLines:
                 report = {}
         status = str(report.get("status") or ("succeeded" if kfp_status == "SUCCESS" else "failed"))
         seconds = report.get("duration_s")
+        if not isinstance(seconds, (int, float)) and task in self._started:
+            seconds = time.monotonic() - self._started[task]
+        headline = stage_headline({**report, "stage": stage})
+        if stage == "report" and not headline:
+            headline = "report.json, report.md and report.html written (the console's HTML artifact)"
         self.view.stage_ended(
             stage,
             status,
             float(seconds) if isinstance(seconds, (int, float)) else None,
-            stage_headline({**report, "stage": stage}),
+            headline,
         )
 
 
@@ -563,5 +573,6 @@ def print_result(result: LocalRunResult, out: Any = sys.stdout) -> None:
                 for line in tail:
                     print(f"  | {line.strip()}", file=out)
             print(f"full output and traceback: {result.report['failed_log']}", file=out)
-    print(f"report: {result.report_json}  {result.report_md}", file=out)
+    html = (result.report.get("files") or {}).get("html")
+    print(f"report: {result.report_json}  {result.report_md}" + (f"  {html}" if html else ""), file=out)
     print(f"wall time: {result.report['wall_s']:.1f} s", file=out)

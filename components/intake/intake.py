@@ -199,8 +199,18 @@ def _torchscript_signature(
     specs = tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in inputs)
     module = torch.jit.load(str(path), map_location="cpu")
     probe = ModelSignature(specs, ()).sample_inputs(batch=2)
-    with torch.no_grad():
-        out = module(*[torch.from_numpy(probe[s.name]) for s in specs])
+    try:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(probe[s.name]) for s in specs])
+    except Exception as exc:  # the model's own error, whatever its type: the inputs do not fit it
+        given = ", ".join(f"{s.name}: {s.dtype} {list(s.shape)}" for s in specs)
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise ModelIntakeError(
+            f"model.inputs: the TorchScript model cannot be called with {given} ({cause}); list each "
+            "input's name, dtype and shape as the model takes them (when model.inputs is unset they "
+            "are read from the calibration data's arrays, e.g. [{name: x, dtype: float32, "
+            "shape: [batch, 3, 224, 224]}])"
+        ) from exc
     outs = flatten_outputs(out)
     names = output_names or output_names_of(out)
     if len(names) != len(outs):

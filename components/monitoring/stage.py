@@ -6,6 +6,7 @@ from typing import Any
 
 from vxdeploy.components.cloud.monitoring import MonitoringClients
 from vxdeploy.components.cloud.retry import RetryPolicy
+from vxdeploy.components.common.artifacts import VertexEndpoint
 from vxdeploy.components.common.config import DeploymentConfig, MonitoringConfig, parse_section
 from vxdeploy.components.common.stage import StageReport, reports_failure, timed
 from vxdeploy.components.monitoring.policies import ServingShape
@@ -24,9 +25,9 @@ def run(
 ) -> MonitoringResult | None:
     """Set up the endpoint's monitoring and write the stage report (``clients``/``retry`` for tests).
 
-    The ``google.VertexEndpoint`` artifact carries ``resourceName``
-    (``projects/P/locations/L/endpoints/ID``, GCPC's convention), and from vxdeploy's deploy step
-    also ``displayName`` and ``deployedModelId``.
+    The ``google.VertexEndpoint`` artifact's metadata follows
+    :class:`~vxdeploy.components.common.artifacts.VertexEndpoint` (``resourceName`` is
+    ``projects/P/locations/L/endpoints/ID``, GCPC's convention), as the deploy stage writes it.
     """
     cfg = parse_section(MonitoringConfig, monitoring, "monitoring")
     deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
@@ -36,20 +37,20 @@ def run(
         rep.reason = "monitoring.enabled is false"
         rep.write(report.path)
         return None
-    metadata = dict(getattr(vertex_endpoint, "metadata", None) or {})
-    deployed = str(metadata.get("deployedModelId") or "")
+    endpoint = VertexEndpoint.read(vertex_endpoint)
+    deployed = endpoint.deployedModelId
     shape = ServingShape(
         accelerator_type=deploy_cfg.accelerator_type if deploy_cfg.accelerator_count > 0 else "",
         max_replicas=deploy_cfg.max_replicas,
     )
     with timed(rep):
         result = setup_monitoring(
-            str(metadata.get("resourceName") or ""),
+            endpoint.resourceName,
             cfg,
             deploy_cfg.project,
             shape=shape,
             deployed_model_ids=[deployed] if deployed else [],
-            endpoint_display_name=str(metadata.get("displayName") or ""),
+            endpoint_display_name=endpoint.displayName,
             clients=clients,
             retry=retry,
         )

@@ -28,6 +28,7 @@ from typing import Any
 
 from vxdeploy.components.common.config import SelectionConfig
 from vxdeploy.components.common.errors import AccuracyBudgetError, ServiceLevelError, VxdeployError
+from vxdeploy.components.common.numbers import readable
 from vxdeploy.components.select.benchmark import CandidateFigures, SpeedupFigures, compare_latency
 
 SIMPLICITY = (
@@ -275,9 +276,8 @@ def _explain(
 ) -> str:
     unit = "ms" if "latency" in best.metric else "samples/s"
     metric = best.metric.split(" (")[0]
-    text = (
-        f"{best.name} selected by {cfg.policy}: {metric} {best.value:.4g} {unit} at batch {best.batch_size}"
-    )
+    value = readable(float(best.value))
+    text = f"{best.name} selected by {cfg.policy}: {metric} {value} {unit} at batch {best.batch_size}"
     chosen = next(f for f in figures if f.name == best.name)
     ref = next((f for f in figures if f.reference and best.batch_size in f.latency), None)
     if ref is not None:
@@ -291,7 +291,8 @@ def _explain(
         text += f"; within the accuracy budget ({drop}cosine {acc.cosine_mean:.4f})"
     if fastest is not None and fastest is not best:
         text += (
-            f"; {fastest.name} measured {fastest.value:.4g} {unit} but is not distinguishable from it "
+            f"; {fastest.name} measured {readable(float(fastest.value))} {unit} "
+            "but is not distinguishable from it "
             "within the measurement spread, so the more accurate, then the simpler, was preferred"
         )
     elif tied:
@@ -300,5 +301,5 @@ def _explain(
     others = [sc for sc in scores if sc is not best and sc is not fastest and sc not in tied]
     if others:
         nxt = others[0]
-        text += f"; next {nxt.name} at {nxt.value:.4g} {unit}"
+        text += f"; next {nxt.name} at {readable(float(nxt.value))} {unit}"
     return text

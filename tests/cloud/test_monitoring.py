@@ -16,6 +16,7 @@ from tests.fakes.dashboards import FakeDashboards
 from tests.fakes.monitoring import FakeMonitoring
 from vxdeploy.components.cloud.monitoring import MonitoringClients, monitoring_clients
 from vxdeploy.components.cloud.retry import RetryPolicy
+from vxdeploy.components.common.artifacts import ArtifactMetadataError
 from vxdeploy.components.common.config import MonitoringConfig, parse_section
 from vxdeploy.components.common.errors import CloudOperationError, ConfigError
 from vxdeploy.components.monitoring import stage
@@ -539,7 +540,12 @@ def test_stage_reads_the_endpoint_artifact_and_writes_a_report(
 ) -> None:
     # Given the deploy step's VertexEndpoint artifact and config sections pointed at the fakes
     endpoint = SimpleNamespace(
-        metadata={"resourceName": ENDPOINT, "displayName": "digits", "deployedModelId": "777"}
+        metadata={
+            "resourceName": ENDPOINT,
+            "endpointId": ENDPOINT.rsplit("/", 1)[-1],
+            "displayName": "digits",
+            "deployedModelId": "777",
+        }
     )
     report = SimpleNamespace(path=str(tmp_path / "report.json"))
     monitoring = {
@@ -571,6 +577,27 @@ def test_stage_is_skipped_when_monitoring_is_disabled(fake: FakeMonitoring, tmp_
 
     # Then it reports a skip and calls nothing
     assert (json.loads(Path(report.path).read_text())["status"], fake.calls) == ("skipped", [])
+
+
+def test_endpoint_metadata_not_from_the_deploy_stage_is_refused_naming_the_field(
+    fake: FakeMonitoring, tmp_path: Path
+) -> None:
+    # Given a hand-made endpoint artifact that carries only a resource name
+    endpoint = SimpleNamespace(metadata={"resourceName": ENDPOINT})
+    report = SimpleNamespace(path=str(tmp_path / "report.json"))
+
+    # When the stage runs with monitoring on
+    with pytest.raises(ArtifactMetadataError) as err:
+        stage.run(endpoint, {"project": PROJECT}, {"enabled": True}, report)
+
+    # Then the error names the contract, a missing field and who writes it, and nothing was called
+    message = str(err.value)
+    assert (
+        "VertexEndpoint" in message,
+        "deployedModelId" in message,
+        "deploy stage" in message,
+        fake.calls,
+    ) == (True, True, True, [])
 
 
 def _writes(fake: FakeMonitoring, dashboards: FakeDashboards) -> int:

@@ -31,7 +31,7 @@ def served_fixture(
 def _model_uri_of_only_job(fake: FakeVertexPipelines) -> str:
     (job,) = fake.pipeline_jobs
     job_id = job.rsplit("/", 1)[-1]
-    return str(fake.job_json(job_id)["runtimeConfig"]["parameterValues"]["model"]["uri"])
+    return str(fake.job_json(job_id)["runtimeConfig"]["parameterValues"]["model_uri"])
 
 
 def test_a_pubsub_message_naming_a_model_submits_a_run_on_its_default_alias(served: TriggerUnderTest) -> None:

@@ -160,7 +160,7 @@ def test_200_concurrent_requests_submit_each_distinct_message_exactly_once(
     job_models = {
         name.rsplit("/", 1)[-1]: vertex_pipelines.job_json(name.rsplit("/", 1)[-1])["runtimeConfig"][
             "parameterValues"
-        ]["model"]["uri"]
+        ]["model_uri"]
         for name in vertex_pipelines.pipeline_jobs
     }
     assert len(vertex_pipelines.pipeline_jobs) == len(messages)

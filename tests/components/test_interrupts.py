@@ -159,10 +159,10 @@ def test_sigterm_during_the_serve_check_ends_tritonserver_and_its_stub(
         ]
     )
 
-    def serving() -> bool:
+    def serving() -> bool:  # the server and a stub that already holds its shared-memory region
         names = [_cmdline(pid) for pid in child_processes(run.process.pid)]
         return any("tritonserver" in n for n in names) and any(
-            "triton_python_backend_stub" in n for n in names
+            "triton_python_backend_stub" in n and "triton_python_backend_shm_region_" in n for n in names
         )
 
     _wait_for(serving, run)
