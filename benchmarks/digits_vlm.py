@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vxdeploy.components.common import builtin_vlm as vlm
+from vxdeploy.components.common.builtin import digits_split
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     start = time.perf_counter()
     model = vlm.train_digits_vlm(seed=0)
-    _, _, x_eval, y_eval = vlm.digits_vlm_split()
+    _, _, x_eval, y_eval = digits_split()
     result: dict[str, Any] = {"train_s": round(model.train_seconds, 2), "final_loss": model.final_loss}
     with tempfile.TemporaryDirectory(prefix="vx-vlm-") as tmp:
         t = time.perf_counter()

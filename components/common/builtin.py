@@ -26,7 +26,8 @@ def is_builtin(uri: str) -> bool:
     return uri.startswith(BUILTIN_PREFIX)
 
 
-def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x_train, y_train, x_eval, y_eval)`` of the bundled digits: every builtin's one split."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -63,7 +64,7 @@ def train_digits_cnn(epochs: int = 12) -> tuple[object, float]:
     import torch
 
     torch.manual_seed(_SEED)
-    x_train, y_train, x_eval, y_eval = _split()
+    x_train, y_train, x_eval, y_eval = digits_split()
     model = build_digits_cnn()
     assert isinstance(model, torch.nn.Module)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -113,7 +114,7 @@ def _build_builtin(uri: str, dest: Path) -> Path:
     if name in known and (dest / known[name]).is_file():
         return dest / known[name]
     dest.mkdir(parents=True, exist_ok=True)
-    x_train, _, x_eval, y_eval = _split()
+    x_train, _, x_eval, y_eval = digits_split()
     if name == MODEL:
         model, _ = train_digits_cnn()
         assert isinstance(model, torch.nn.Module)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vxdeploy.components.common.builtin import _split
+from vxdeploy.components.common.builtin import digits_split
 
 if TYPE_CHECKING:
     import torch
@@ -214,11 +214,6 @@ class DigitsVlm:
         }
 
 
-def digits_vlm_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_eval, y_eval)``: the same held-out split as ``builtin://digits-cnn``."""
-    return _split()
-
-
 def train_digits_vlm(seed: int = _SEED, epochs: int = _EPOCHS) -> DigitsVlm:
     """Train the three parts jointly (teacher forcing) on the training split; deterministic for a seed.
 
@@ -238,7 +233,7 @@ def train_digits_vlm(seed: int = _SEED, epochs: int = _EPOCHS) -> DigitsVlm:
     decoder: Any = classes["Decoder"]()  # its run() and embed are not on nn.Module
     params = [*encoder.parameters(), *projector.parameters(), *decoder.parameters()]
     opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.01)
-    x_train, y_train, _, _ = digits_vlm_split()
+    x_train, y_train, _, _ = digits_split()
     images = torch.from_numpy(np.ascontiguousarray(x_train))
     targets = torch.tensor([caption_tokens(int(d)) for d in y_train])  # (N, 3)
     inputs = torch.cat([torch.full((len(targets), 1), BOS), targets[:, :-1]], dim=1)  # <bos> digit word
@@ -427,7 +422,7 @@ def _example_inputs(model: DigitsVlm, batch: int = 2) -> dict[str, tuple[torch.T
     """Real example inputs of each part (the first held-out images run through the earlier parts)."""
     import torch
 
-    _, _, x_eval, _ = digits_vlm_split()
+    _, _, x_eval, _ = digits_split()
     images = torch.tensor(x_eval[:batch])  # fresh tensor: standard strides (see builtin.py)
     parts = model.part_modules()
     with torch.no_grad():

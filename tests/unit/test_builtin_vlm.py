@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vxdeploy.components.common import builtin_vlm as vlm
+from vxdeploy.components.common.builtin import digits_split
 from vxdeploy.components.common.errors import ConfigError, DataError
 
 # Measured 0.954 exact-caption accuracy on the 500 held-out digits (seed 0, 10 epochs).
@@ -27,7 +28,7 @@ def onnx_parts(model: vlm.DigitsVlm, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="module")
 def held_out() -> tuple[np.ndarray, np.ndarray]:
-    _, _, x_eval, y_eval = vlm.digits_vlm_split()
+    _, _, x_eval, y_eval = digits_split()
     return x_eval, y_eval
 
 
