@@ -4,8 +4,10 @@
 worker process of its own (:mod:`vxdeploy.components.select.isolated`) while the measuring process says
 which one runs when. This script checks that the ratios it reports hold up: it times eager and
 each candidate *alone*, each in a new Python process started after the previous one exited, at
-every batch size the bench reported, eager right before each candidate so that both see the
-same load, ``--repeats`` times, and compares the median alone-ratio with the interleaved one for
+every batch size the bench reported, one batch size at a time in the sequence eager, candidate,
+eager, next candidate, eager... (a candidate's alone-ratio is to the geometric mean of the eager
+runs just before and just after it, so both sides see the same load; the order reverses on every
+other repeat), ``--repeats`` times, and compares the median alone-ratio with the interleaved one for
 every (runner, batch) pair. A ratio is consistent when the two agree within ``--tolerance``
 (20 %); the exit status is 1 when any pair does not. The table is printed and the figures go to
 ``results/<model>_isolation.json``.
@@ -118,17 +120,32 @@ def check(work: Path, results: Path, args: argparse.Namespace) -> dict[str, Any]
     eager_runs: list[dict[str, float]] = []
     load: list[list[float]] = []
     for r in range(args.repeats):
-        for name, by_batch in interleaved.items():
-            mine = [b for b in batches if str(b) in by_batch]
-            # Eager right before each candidate: the pair shares the machine's load of the moment.
+        for b in batches:
+            names = [n for n, by_batch in interleaved.items() if str(b) in by_batch]
+            if r % 2:
+                names.reverse()  # every candidate both early and late in a batch's sequence
+            # Eager before and after each candidate, each in a fresh process: E C1 E C2 E ...; a
+            # candidate's ratio is to the geometric mean of its two neighbours, so a load that
+            # changes during the pair moves both sides alike.
             load.append([round(x, 2) for x in os.getloadavg()])
-            eager = _time_alone(work, EAGER, mine, args)["batches"]
-            cand = _time_alone(work, name, mine, args)["batches"]
-            eager_runs.append({b: round(v["throughput"], 3) for b, v in eager.items()})
-            for b, v in cand.items():
-                ratio = v["throughput"] / eager[b]["throughput"]
-                alone.setdefault((name, b), []).append(ratio)
-                print(f"repeat {r + 1}: {name} b{b} alone {ratio:.2f}x eager", flush=True)
+            before = _time_alone(work, EAGER, [b], args)["batches"].get(str(b))
+            for name in names:
+                cand = _time_alone(work, name, [b], args)["batches"].get(str(b))
+                after = _time_alone(work, EAGER, [b], args)["batches"].get(str(b))
+                if cand is None or before is None or after is None:
+                    before = after
+                    continue
+                eager = float(np.sqrt(before["throughput"] * after["throughput"]))
+                eager_runs.append({str(b): round(eager, 3)})
+                ratio = cand["throughput"] / eager
+                alone.setdefault((name, str(b)), []).append(ratio)
+                print(
+                    f"repeat {r + 1}: {name} b{b} alone {ratio:.2f}x eager "
+                    f"(eager before/after {before['p50_ms']:.1f}/{after['p50_ms']:.1f} ms, "
+                    f"load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+                before = after
     rows = []
     for (name, b), values in alone.items():
         inter = interleaved[name][b]
@@ -171,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--results", type=Path, default=None, help="its results JSON (default: results/<model>.json)"
     )
     p.add_argument("--batches", nargs="*", type=int, default=[], help="only these (default: all reported)")
-    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--runners", nargs="*", default=[], help="only these candidates (default: all measured)")
     p.add_argument("--tolerance", type=float, default=0.20)
     p.add_argument("--warmup", type=int, default=2)

@@ -332,7 +332,11 @@ class _StageLines:
             seconds = time.monotonic() - self._started[task]
         headline = stage_headline({**report, "stage": stage})
         if stage == "report" and not headline:
-            headline = "report.json, report.md and report.html written (the console's HTML artifact)"
+            headline = (
+                "report.json, report.md and report.html rewritten with the rollout"
+                if task == f"{REPORT_TASK}-2"
+                else "report.json, report.md and report.html written (the console's HTML artifact)"
+            )
         self.view.stage_ended(
             stage,
             status,

@@ -402,8 +402,11 @@ def qdq_activation_ranges(qdq_path: str | Path) -> dict[str, tuple[list[float], 
     return out
 
 
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
-"""Operators dynamic quantization covers: those with constant weights (``MatMulConstBOnly``)."""
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Attention")
+"""Operators dynamic quantization covers: those with constant weights (``MatMulConstBOnly``).
+
+``Attention`` is ONNX Runtime's fused attention with packed Q/K/V weights (see
+:func:`fuse_transformer`), which becomes ``QAttention``: one INT8 GEMM for the three projections."""
 
 
 def quantize_dynamic_onnxruntime(
@@ -474,6 +477,7 @@ def fuse_transformer(
     out = Path(out_path)
     tmp = out.with_name(out.name + ".part")
     fused = _fuse_onnxscript(fp32_path, packed_qkv)
+    _attention_for_cpu(fused)
     if not FUSED_ATTENTION_OPS & set(contrib_operators(fused)):
         try:
             other = _fuse_onnxruntime(fp32_path)
@@ -488,6 +492,126 @@ def fuse_transformer(
     onnx.save_model(fused, str(tmp))
     tmp.replace(out)
     return contrib_operators(fused)
+
+
+def _attention_for_cpu(model: Any) -> int:
+    """Rewrite onnxscript's fused attention into the form ONNX Runtime's CPU kernels run fast.
+
+    onnxscript's fusion leaves (1) the attention mask as a 4-D additive bias computed from the
+    model's 2-D key padding mask (``Where`` over a broadcast), which sends ONNX Runtime's CPU
+    attention down its general path, and (2) the packed Q/K/V weight as a ``Concat`` of three
+    initializers with a ``qkv_hidden_sizes`` attribute, which ``quantize_dynamic`` will not turn
+    into ``QAttention`` (MiniLM, batch 32, dynamic INT8, one run: 1.11x eager as fused, 1.45x
+    with both rewritten). Here a bias whose values come from one 2-D integer or boolean graph
+    input only (``attention_mask``; other inputs' shapes may enter) is replaced by that input as
+    the key padding mask (``mask_index`` of ``Attention``, ``key_padding_mask`` of
+    ``MultiHeadAttention``, int32: 1 attends, 0 is masked), the packed weight becomes one
+    initializer and the redundant attribute goes. A bias that also depends on
+    another input's values stays as it is. A bias built from the mask and shapes alone can still
+    be more than key padding (a causal mask): the callers' :func:`fusion_mismatch` check on random
+    0/1 masks or the user's padded data then refuses the fused graph.
+
+    Returns:
+        How many attention nodes now take the key padding mask.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    initializers = {i.name: i for i in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    graph_inputs = {i.name: i for i in graph.input}
+    mask_types = (TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL)
+
+    def inputs_behind(tensor: str) -> set[str]:
+        seen: set[str] = set()
+        found: set[str] = set()
+        stack = [tensor]
+        while stack:
+            name = stack.pop()
+            if not name or name in seen:
+                continue
+            seen.add(name)
+            if name in graph_inputs:
+                found.add(name)
+            elif name in producers and producers[name].op_type not in ("Shape", "Size"):
+                stack.extend(producers[name].input)  # a shape carries no input's values
+        return found
+
+    casts: dict[str, str] = {}
+    converted = 0
+    for node in graph.node:
+        if node.domain != "com.microsoft" or node.op_type not in ("Attention", "MultiHeadAttention"):
+            continue
+        if node.op_type == "Attention":
+            weight = node.input[1]
+            concat = producers.get(weight)
+            if (
+                weight not in initializers
+                and concat is not None
+                and concat.op_type == "Concat"
+                and all(i in initializers for i in concat.input)
+            ):
+                axis = next(a.i for a in concat.attribute if a.name == "axis")
+                packed = numpy_helper.from_array(
+                    np.concatenate([numpy_helper.to_array(initializers[i]) for i in concat.input], axis=axis),
+                    f"{weight}_packed",
+                )
+                graph.initializer.append(packed)
+                initializers[packed.name] = packed
+                node.input[1] = packed.name
+            for attr in list(node.attribute):
+                if attr.name == "qkv_hidden_sizes" and len(set(attr.ints)) == 1:
+                    node.attribute.remove(attr)
+        mask_slot = 3 if node.op_type == "Attention" else 4
+        if len(node.input) <= 5 or not node.input[5] or any(node.input[mask_slot : mask_slot + 1]):
+            continue
+        sources = inputs_behind(node.input[5])
+        if len(sources) != 1:
+            continue
+        (source,) = sources
+        tensor_type = graph_inputs[source].type.tensor_type
+        if tensor_type.elem_type not in mask_types or len(tensor_type.shape.dim) != 2:
+            continue
+        if source not in casts:
+            casts[source] = f"{source}_key_padding_mask"
+            graph.node.insert(
+                0,
+                helper.make_node(
+                    "Cast",
+                    [source],
+                    [casts[source]],
+                    to=TensorProto.INT32,
+                    name=f"{source}_to_key_padding_mask",
+                ),
+            )
+        while len(node.input) <= mask_slot:
+            node.input.append("")
+        node.input[mask_slot] = casts[source]
+        del node.input[5:]
+        while node.input and not node.input[-1]:
+            del node.input[-1]
+        converted += 1
+    _drop_dead_nodes(model)
+    return converted
+
+
+def _drop_dead_nodes(model: Any) -> None:
+    """Remove nodes and initializers no graph output depends on (a topologically sorted graph)."""
+    graph = model.graph
+    if any(a.type in (a.GRAPH, a.GRAPHS) for n in graph.node for a in n.attribute):
+        return  # subgraphs read outer tensors by name: leave such graphs whole
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
 
 
 def contrib_operators(model: Any) -> dict[str, int]:

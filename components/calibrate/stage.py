@@ -25,6 +25,8 @@ from vxdeploy.components.common.stage import (
     write_text_atomic,
 )
 from vxdeploy.components.export.onnx_export import sha256_file
+from vxdeploy.components.generation import calibrate as generation_calibrate
+from vxdeploy.components.generation.spec import is_generation
 
 
 @reports_failure("calibrate")
@@ -45,6 +47,21 @@ def run(
     quant_cfg = parse_section(QuantizationConfig, quantization, "quantization")
     selection_cfg = parse_section(SelectionConfig, selection, "selection")
     meta = OnnxModel.read(onnx_model)
+    if is_generation(meta):  # a multi-part generation model: components/generation/calibrate.py
+        generation_calibrate.run(
+            onnx_model,
+            calibration_data,
+            eval_data,
+            data_cfg,
+            quant_cfg,
+            selection_cfg,
+            qdq_model,
+            metrics,
+            table,
+            report,
+            meta,
+        )
+        return
     signature = meta.model_signature()
     fp32 = Path(onnx_model.path) / meta.file
     out_dir = Path(qdq_model.path)

@@ -1,5 +1,9 @@
 """One canary analysis: error rate and p99 latency against absolute limits and against the baseline.
 
+A generation model's canary is also checked on what it generates: the agreement of its captions with
+the reference captions on eval images (what the serving model generates for them), its p95 time to
+first token, and its TTFT and decode speed relative to the baseline.
+
 The Flagger / Argo Rollouts rule holds: a window without data is a failed check, never a pass.
 """
 
@@ -122,6 +126,8 @@ def analyse(
                     f"canary p99 {p99:.1f} ms {'<=' if ok else '>'} limit {cfg.max_p99_latency_ms:.1f} ms",
                 )
             )
+    if has_data and canary.generation:
+        checks += _generation_checks(canary, cfg)
     if baseline is None or not has_data:
         return Analysis(canary, baseline, checks)
     base_ok = baseline.requests >= need
@@ -176,4 +182,96 @@ def analyse(
                     f"{'<=' if ok else '>'} {cfg.max_latency_ratio:.2f}",
                 )
             )
+    if canary.generation and baseline.generation:
+        checks += _generation_relative_checks(canary, baseline, cfg, baseline_label)
     return Analysis(canary, baseline, checks)
+
+
+def _generation_checks(canary: WindowStats, cfg: CanaryConfig) -> list[Check]:
+    """What a generation model's canary generates: caption agreement and time to first token."""
+    checks: list[Check] = []
+    agreement = canary.output_agreement
+    if canary.agreement_expected or agreement is not None:
+        if agreement is None:
+            checks.append(
+                Check(
+                    "output_agreement",
+                    None,
+                    cfg.min_output_agreement,
+                    False,
+                    "canary generated no captions to compare with the reference: no data is not a pass"
+                    + (f" ({canary.note})" if canary.note else ""),
+                )
+            )
+        else:
+            ok = agreement >= cfg.min_output_agreement
+            checks.append(
+                Check(
+                    "output_agreement",
+                    agreement,
+                    cfg.min_output_agreement,
+                    ok,
+                    f"canary captions agree with the reference on {agreement:.1%} of eval images "
+                    f"{'>=' if ok else '<'} {cfg.min_output_agreement:.1%}",
+                )
+            )
+    ttft = canary.ttft_p95_ms
+    if ttft is None:
+        checks.append(
+            Check(
+                "canary_ttft_p95_ms",
+                None,
+                cfg.max_ttft_ms,
+                False,
+                "canary has no time-to-first-token data: no data is not a pass",
+            )
+        )
+    else:
+        ok = ttft <= cfg.max_ttft_ms
+        checks.append(
+            Check(
+                "canary_ttft_p95_ms",
+                ttft,
+                cfg.max_ttft_ms,
+                ok,
+                f"canary p95 time to first token {ttft:.1f} ms {'<=' if ok else '>'} limit "
+                f"{cfg.max_ttft_ms:.1f} ms ({canary.generation_source or 'unknown source'})",
+            )
+        )
+    return checks
+
+
+def _generation_relative_checks(
+    canary: WindowStats, baseline: WindowStats, cfg: CanaryConfig, baseline_label: str
+) -> list[Check]:
+    """TTFT and decode speed against the baseline's, within ``max_latency_ratio`` (when both measured)."""
+    checks: list[Check] = []
+    if canary.ttft_p95_ms is not None and baseline.ttft_p95_ms:
+        ratio = canary.ttft_p95_ms / baseline.ttft_p95_ms
+        ok = ratio <= cfg.max_latency_ratio
+        checks.append(
+            Check(
+                "ttft_ratio",
+                ratio,
+                cfg.max_latency_ratio,
+                ok,
+                f"canary p95 TTFT {canary.ttft_p95_ms:.1f} ms vs {baseline_label} {baseline.ttft_p95_ms:.1f} "
+                f"ms: ratio {ratio:.2f} {'<=' if ok else '>'} {cfg.max_latency_ratio:.2f}",
+            )
+        )
+    if canary.tokens_per_s is not None and baseline.tokens_per_s:
+        # Slower decoding is the latency ratio seen per token.
+        ratio = baseline.tokens_per_s / canary.tokens_per_s if canary.tokens_per_s > 0 else float("inf")
+        ok = ratio <= cfg.max_latency_ratio
+        checks.append(
+            Check(
+                "tokens_per_s_ratio",
+                ratio,
+                cfg.max_latency_ratio,
+                ok,
+                f"canary decodes {canary.tokens_per_s:.1f} tokens/s vs {baseline_label} "
+                f"{baseline.tokens_per_s:.1f}: slowdown {ratio:.2f} {'<=' if ok else '>'} "
+                f"{cfg.max_latency_ratio:.2f}",
+            )
+        )
+    return checks

@@ -32,12 +32,25 @@ class WindowStats:
         errors: Errors counted (``error_count``).
         p99_latency_ms: 99th percentile of ``prediction_latencies``; None without latency data.
         note: Why figures are missing (a failed query), for the report.
+        generation: The deployed model is a generation model: the generation checks apply.
+        output_agreement: Fraction of eval images it captioned as the reference does (None: not
+            measured, see ``agreement_expected``).
+        agreement_expected: A reference exists, so a missing agreement is missing data.
+        ttft_p95_ms: 95th percentile of time to first token.
+        tokens_per_s: Median decode speed (tokens after the first, per second, per stream).
+        generation_source: Where the TTFT / tokens-per-second figures come from.
     """
 
     requests: int = 0
     errors: int = 0
     p99_latency_ms: float | None = None
     note: str = ""
+    generation: bool = False
+    output_agreement: float | None = None
+    agreement_expected: bool = False
+    ttft_p95_ms: float | None = None
+    tokens_per_s: float | None = None
+    generation_source: str = ""
 
     @property
     def error_rate(self) -> float | None:
@@ -50,6 +63,16 @@ class WindowStats:
             "error_rate": self.error_rate,
             "p99_latency_ms": self.p99_latency_ms,
             **({"note": self.note} if self.note else {}),
+            **(
+                {
+                    "output_agreement": self.output_agreement,
+                    "ttft_p95_ms": self.ttft_p95_ms,
+                    "tokens_per_s": self.tokens_per_s,
+                    "generation_source": self.generation_source,
+                }
+                if self.generation
+                else {}
+            ),
         }
 
 
@@ -104,6 +127,11 @@ def percentile_from_buckets(bounds: Sequence[float], counts: Sequence[int], q: f
 
 def merge_p99(distributions: Iterable[Any]) -> float | None:
     """p99 of the sum of ``Distribution`` values that share bucket options (else the worst p99)."""
+    return merge_quantile(distributions, 0.99)
+
+
+def merge_quantile(distributions: Iterable[Any], q: float) -> float | None:
+    """The ``q`` quantile of the sum of ``Distribution`` values that share bucket options (else the worst)."""
     merged: dict[tuple[float, ...], list[int]] = {}
     for dist in distributions:
         counts = [int(c) for c in dist.bucket_counts]
@@ -115,8 +143,8 @@ def merge_p99(distributions: Iterable[Any]) -> float | None:
             acc.extend([0] * (len(counts) - len(acc)))
         for i, c in enumerate(counts):
             acc[i] += c
-    p99s = [p for b, c in merged.items() if (p := percentile_from_buckets(b, c, 0.99)) is not None]
-    return max(p99s) if p99s else None
+    found = [p for b, c in merged.items() if (p := percentile_from_buckets(b, c, q)) is not None]
+    return max(found) if found else None
 
 
 class CloudMonitoringMetricsSource:
@@ -166,6 +194,35 @@ class CloudMonitoringMetricsSource:
         p99 = merge_p99(p.value.distribution_value for s in total for p in s.points)
         return WindowStats(requests=requests, errors=errors, p99_latency_ms=p99)
 
+    def generation_stats(
+        self, endpoint_id: str, deployed_model_id: str, start: datetime, end: datetime
+    ) -> tuple[float | None, float | None]:
+        """(p95 time to first token in ms, median tokens/s) of one deployed model, or None each.
+
+        Read from the custom generation metrics the serving side writes
+        (:mod:`vxdeploy.components.monitoring.generation_metrics`); None where no series has data.
+        """
+        from google.cloud import monitoring_v3
+
+        from vxdeploy.components.monitoring import generation_metrics as gm
+
+        def quantile(metric_type: str, q: float) -> float | None:
+            filter_ = (
+                f'metric.type = "{metric_type}" AND resource.type = "{gm.RESOURCE_TYPE}" '
+                f'AND metric.labels.endpoint_id = "{endpoint_id}" '
+                f'AND metric.labels.deployed_model_id = "{deployed_model_id}"'
+            )
+            request = monitoring_v3.ListTimeSeriesRequest(
+                name=f"projects/{self.project}",
+                filter=filter_,
+                interval=monitoring_v3.TimeInterval(start_time=start, end_time=end),
+                view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
+            )
+            series = list(self.client.list_time_series(request=request, retry=self.retry.api_core()))
+            return merge_quantile((p.value.distribution_value for s in series for p in s.points), q)
+
+        return quantile(gm.TIME_TO_FIRST_TOKEN, 0.95), quantile(gm.TOKENS_PER_SECOND, 0.5)
+
 
 def _sum_counts(series: Iterable[Any]) -> int:
     total = 0.0
@@ -186,11 +243,19 @@ def combine(stats: Sequence[WindowStats]) -> WindowStats:
         return WindowStats()
     busiest = max(stats, key=lambda s: s.requests)
     notes = "; ".join(s.note for s in stats if s.note)
+    agreements = [s.output_agreement for s in stats if s.output_agreement is not None]
     return WindowStats(
         requests=sum(s.requests for s in stats),
         errors=sum(s.errors for s in stats),
         p99_latency_ms=busiest.p99_latency_ms,
         note=notes,
+        generation=any(s.generation for s in stats),
+        # Several baselines agree with the reference as the worst of them does.
+        output_agreement=min(agreements) if agreements else None,
+        agreement_expected=any(s.agreement_expected for s in stats),
+        ttft_p95_ms=busiest.ttft_p95_ms,
+        tokens_per_s=busiest.tokens_per_s,
+        generation_source=busiest.generation_source,
     )
 
 
@@ -204,6 +269,7 @@ __all__ = [
     "WindowStats",
     "combine",
     "merge_p99",
+    "merge_quantile",
     "metric_client",
     "percentile_from_buckets",
 ]

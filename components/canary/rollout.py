@@ -182,6 +182,7 @@ def run_canary(
     predict_path: str,
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], float] = time.time,
+    smoke: Callable[..., SmokeResult] = smoke_test,
 ) -> CanaryResult:
     """Shift traffic to the canary step by step, analysing each step; promote or roll back.
 
@@ -198,6 +199,9 @@ def run_canary(
         predict_path: The container's inference path for the smoke test.
         sleep: How to wait (tests pass a no-op).
         now: The clock.
+        smoke: The smoke test, called as :func:`~vxdeploy.components.canary.smoke.smoke_test` is (a
+            generation model's checks its captions:
+            :meth:`~vxdeploy.components.generation.rollout.GenerationCanary.smoke`).
 
     Raises:
         RolloutConflictError: this run does not hold the endpoint's lease.
@@ -227,7 +231,7 @@ def run_canary(
     baseline = {k: v for k, v in lease.previous_split.items() if k != canary_id and k in present and v > 0}
     result = CanaryResult("promoted", "", endpoint_name, canary_id, baseline, SmokeResult("none"))
     deployed = next(dm for dm in endpoint.deployed_models if str(dm.id) == canary_id)
-    result.smoke = smoke_test(
+    result.smoke = smoke(
         api,
         endpoint,
         deployed,

@@ -12,6 +12,7 @@ import numpy as np
 
 from vxdeploy.components.canary.metrics import CloudMonitoringMetricsSource, MetricsSource
 from vxdeploy.components.canary.rollout import CanaryResult, roll_back_failed_run, run_canary
+from vxdeploy.components.canary.smoke import SmokeResult, smoke_test
 from vxdeploy.components.cloud.endpoints import find_endpoint
 from vxdeploy.components.cloud.recovery import StrandedRolloutError
 from vxdeploy.components.cloud.vertex import VertexApi, connect
@@ -26,6 +27,8 @@ from vxdeploy.components.common.stage import (
     timed,
     write_text_atomic,
 )
+from vxdeploy.components.generation.rollout import GenerationCanary, GenerationSmokeResult
+from vxdeploy.components.generation.spec import GenerationSpec
 
 LABELS_KEY = "labels"
 FAILED_STATES = ("FAILED", "CANCELLED", "CANCELING", "CANCELED")
@@ -34,7 +37,16 @@ FAILED_STATES = ("FAILED", "CANCELLED", "CANCELING", "CANCELED")
 def load_samples(path: str | Path, labels_key: str = LABELS_KEY) -> dict[str, np.ndarray]:
     """The evaluation inputs of an ``.npz`` (every array but the labels)."""
     with np.load(str(path), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files if k != labels_key}
+        return {k: npz[k] for k in npz.files if k != labels_key and not k.startswith(f"{labels_key}/")}
+
+
+def load_labels(path: str | Path, labels_key: str = LABELS_KEY) -> np.ndarray | None:
+    """The labels of an ``.npz`` (``labels/output_ids`` before ``labels``), or None."""
+    with np.load(str(path), allow_pickle=False) as npz:
+        for key in (f"{labels_key}/output_ids", labels_key):
+            if key in npz.files:
+                return np.asarray(npz[key])
+    return None
 
 
 @reports_failure("canary")
@@ -69,6 +81,22 @@ def run(
         deploy_cfg.project, api_endpoint=canary_cfg.monitoring_endpoint, retry=api.retry
     )
     rep = StageReport("canary")
+    samples = load_samples(eval_data.path)
+    smoke: Callable[..., SmokeResult] = smoke_test
+    if model_meta.generation:
+        # A generation model: the smoke test and every window also compare the captions it streams.
+        generation = GenerationCanary(
+            api,
+            endpoint_name,
+            GenerationSpec.from_dict(model_meta.generation),
+            samples,
+            load_labels(eval_data.path),
+            canary_cfg,
+            route=deploy_cfg.resolved_smoke_test_route,
+            path=model_meta.predictRoute,
+            metrics=source,
+        )
+        source, smoke = generation, generation.smoke
     with timed(rep):
         result = run_canary(
             api,
@@ -79,9 +107,10 @@ def run(
             canary_cfg,
             run_id,
             metrics=source,
-            samples=load_samples(eval_data.path),
+            samples=samples,
             predict_path=model_meta.predictRoute,
             sleep=sleep,
+            smoke=smoke,
         )
     last = result.steps[-1] if result.steps else None
     figures: dict[str, Any] = {
@@ -108,6 +137,17 @@ def run(
                     "last_baseline_p99_ms": last.analysis.baseline.p99_latency_ms,
                 }
             )
+        if last.analysis.canary.generation:
+            figures.update(
+                {
+                    "last_canary_output_agreement": last.analysis.canary.output_agreement,
+                    "last_canary_ttft_p95_ms": last.analysis.canary.ttft_p95_ms,
+                    "last_canary_tokens_per_s": last.analysis.canary.tokens_per_s,
+                }
+            )
+    if isinstance(result.smoke, GenerationSmokeResult):
+        figures["smoke_output_agreement"] = result.smoke.agreement
+        figures["smoke_label_exact_match"] = result.smoke.label_exact_match
     log_metrics(metrics, figures)
     rows = [s.row() for s in result.steps]
     write_text_atomic(
@@ -115,6 +155,7 @@ def run(
         f"**Canary {result.decision.replace('_', ' ')}**: {result.reason}\n\n"
         f"Smoke test: {result.smoke.succeeded}/{result.smoke.requests} requests"
         + (f" (skipped: {result.smoke.skipped_reason})" if result.smoke.skipped_reason else "")
+        + _caption_line(result.smoke)
         + "\n\n"
         + markdown_table(rows),
     )
@@ -134,6 +175,18 @@ def run(
             f"promotion failed: {result.cleanup_error}"
         )
     return result
+
+
+def _caption_line(smoke: SmokeResult) -> str:
+    """A generation model's smoke captions against their reference, for the step table."""
+    if not isinstance(smoke, GenerationSmokeResult) or smoke.skipped_reason:
+        return ""
+    if smoke.agreement is None:
+        return f"; captions not compared (reference: {smoke.reference_source})"
+    return (
+        f"; captions agree with {smoke.reference_source} on {smoke.agreement:.0%} of "
+        f"{len(smoke.captions)} eval images (need >= {smoke.min_agreement:.0%})"
+    )
 
 
 def _state(status: Any) -> str:

@@ -89,9 +89,29 @@ class SourceModel(ArtifactMetadata):
         default_factory=dict,
         description="Model Registry labels of the source version, when it came from one.",
     )
+    parts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            "A generation model's parts: {role, format, file: '<part>/model.pt2', signature, sha256} each; "
+            "then file is '' and signature is the whole model's (encoder inputs -> output_ids)."
+        ),
+    )
+    generation: dict[str, Any] | None = Field(
+        default=None, description="GenerationSpec.to_dict() of a generation model (components/generation)."
+    )
+
+    def to_metadata(self) -> dict[str, Any]:
+        """As the base does; a single model's metadata has no (empty) ``parts``."""
+        return _without_empty_parts(super().to_metadata())
 
     def model_signature(self) -> ModelSignature:
         return ModelSignature.from_dict(self.signature)
+
+
+def _without_empty_parts(metadata: dict[str, Any]) -> dict[str, Any]:
+    if not metadata.get("parts"):
+        metadata.pop("parts", None)
+    return metadata
 
 
 class DatasetSamples(ArtifactMetadata):
@@ -127,6 +147,9 @@ class OnnxModel(ArtifactMetadata):
     task: str = "classification"
     parts: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per part of a multi-part model: the same facts and its file."
+    )
+    generation: dict[str, Any] | None = Field(
+        default=None, description="GenerationSpec.to_dict() of a generation model (components/generation)."
     )
 
     def model_signature(self) -> ModelSignature:
@@ -172,10 +195,25 @@ class CalibratedModel(ArtifactMetadata):
     dynamic_reason: str | None = None
     dynamic_sha256: str | None = None
     dynamic_min_cosine: float | None = None
+    parts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            "A generation model's parts: {role, produced, accepted, reason, "
+            "file: '<part>/model.onnx' | None, method, fp32_exact, int8_exact, drop_points, agreement}; "
+            "file is then '' (no single model)."
+        ),
+    )
+    generation: dict[str, Any] | None = Field(
+        default=None, description="GenerationSpec.to_dict() of a generation model (components/generation)."
+    )
+
+    def to_metadata(self) -> dict[str, Any]:
+        """As the base does; a single model's metadata has no (empty) ``parts``."""
+        return _without_empty_parts(super().to_metadata())
 
     @model_validator(mode="after")
     def _file(self) -> Self:
-        if self.produced and not self.file:
+        if self.produced and not self.file and not self.parts:
             raise ValueError("a produced Q/DQ model names its file (file: model.onnx)")
         return self
 
@@ -189,6 +227,20 @@ class Candidates(ArtifactMetadata):
     built: list[str]
     not_built: dict[str, str] = Field(description="Candidate name to why it was not built.")
     signature: dict[str, Any]
+    parts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            "Generation models: each part's {role, built, not_built, manifest}; its candidates lie in "
+            "<candidates>/<part>/<candidate>/ beside <part>/manifest.json."
+        ),
+    )
+    generation: dict[str, Any] | None = Field(
+        default=None, description="Generation models: GenerationSpec.to_dict()."
+    )
+
+    def to_metadata(self) -> dict[str, Any]:
+        """As the base does; a single model's metadata has no (empty) ``parts``."""
+        return _without_empty_parts(super().to_metadata())
 
 
 class SelectedModel(ArtifactMetadata):
@@ -213,6 +265,20 @@ class SelectedModel(ArtifactMetadata):
     )
     gpu_name: str | None = None
     compute_capability: str | None = None
+    parts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            "Generation models: each part's selected candidate {role, candidate, kind, runtime, precision, "
+            "device, file: '<part>/<file>', sha256, options, figures, ...}."
+        ),
+    )
+    generation: dict[str, Any] | None = Field(
+        default=None, description="Generation models: GenerationSpec.to_dict()."
+    )
+
+    def to_metadata(self) -> dict[str, Any]:
+        """As the base does; a single model's metadata has no (empty) ``parts``."""
+        return _without_empty_parts(super().to_metadata())
 
     def model_signature(self) -> ModelSignature:
         return ModelSignature.from_dict(self.signature)
@@ -270,6 +336,16 @@ class TritonRepository(ArtifactMetadata):
     gpu_name: str | None = None
     compute_capability: str | None = None
     versions: dict[str, Any] = Field(default_factory=dict)
+    parts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description=(
+            "A generation model's parts, each a model of the repository: {role, kind, precision, device, "
+            "candidate, file} (model_name is then the streaming generator)."
+        ),
+    )
+    generation: dict[str, Any] | None = Field(
+        default=None, description="GenerationSpec.to_dict() of a generation model (components/generation)."
+    )
 
 
 class VertexModel(ArtifactMetadata):
@@ -290,6 +366,9 @@ class VertexModel(ArtifactMetadata):
     imageUri: str
     predictRoute: str
     invokeRoute: bool = Field(default=False, description="Requests reach the model through the invoke route.")
+    generation: dict[str, Any] | None = Field(
+        default=None, description="A generation model's GenerationSpec (its generator streams captions)."
+    )
 
 
 class VertexEndpoint(ArtifactMetadata):
@@ -302,6 +381,9 @@ class VertexEndpoint(ArtifactMetadata):
     endpointId: str
     displayName: str
     deployedModelId: str
+    generation: dict[str, Any] | None = Field(
+        default=None, description="The GenerationSpec of a generation model's deployed version."
+    )
 
 
 CONTRACTS: tuple[type[ArtifactMetadata], ...] = (

@@ -93,15 +93,54 @@ def cache_dir() -> Path:
     return root / f"builtin-v{_CACHE_VERSION}-torch{torch.__version__}"
 
 
-def write_builtin(uri: str, dest_dir: str | Path) -> Path:
-    """Materialize a ``builtin://`` model or dataset into ``dest_dir`` and return its path.
+VLM_PREFIX = "builtin://digits-vlm/"
+"""``builtin://digits-vlm/<part>``: one part (``.pt2``) of the embedded captioning model."""
+DATA_INPUT = "input"
+"""The array name the built-in datasets are cached under."""
+
+
+def write_builtin(uri: str, dest_dir: str | Path, input_name: str = DATA_INPUT) -> Path:
+    """Materialize a ``builtin://`` model, model part or dataset into ``dest_dir`` and return its path.
 
     Training is deterministic, so the result is cached and copied on later calls.
+
+    Args:
+        uri: ``builtin://digits-cnn``, ``builtin://digits-vlm/<part>``, ``builtin://digits-calibration``
+            or ``builtin://digits-eval``.
+        dest_dir: Folder to write into.
+        input_name: The name a dataset's images are saved under (the model's first input), so the
+            same digits feed a model whose input is called ``images``.
     """
     from vxdeploy.components.common.uris import copy_atomic
 
+    if uri.startswith(VLM_PREFIX):
+        return _write_vlm_part(uri, Path(dest_dir))
     cached = _build_builtin(uri, cache_dir())
+    if input_name != DATA_INPUT and cached.suffix == ".npz":
+        from vxdeploy.components.common.data import read_npz
+
+        arrays = read_npz(cached, what=uri)
+        arrays[input_name] = arrays.pop(DATA_INPUT)
+        target = Path(dest_dir) / cached.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp.npz")
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        tmp.replace(target)
+        return target
     return copy_atomic(cached, Path(dest_dir) / cached.name)
+
+
+def _write_vlm_part(uri: str, dest: Path) -> Path:
+    from vxdeploy.components.common import builtin_vlm  # lazily: the VLM is trained on first use
+    from vxdeploy.components.common.errors import UserError
+
+    part = uri.removeprefix(VLM_PREFIX)
+    if part not in builtin_vlm.PARTS:
+        raise UserError(
+            f"unknown builtin part {uri!r}; builtin://digits-vlm has parts "
+            f"{', '.join(VLM_PREFIX + p for p in builtin_vlm.PARTS)}"
+        )
+    return builtin_vlm.write_digits_vlm(dest)[part]
 
 
 def _build_builtin(uri: str, dest: Path) -> Path:
@@ -138,6 +177,12 @@ def _build_builtin(uri: str, dest: Path) -> Path:
         return target
     from vxdeploy.components.common.errors import UserError
 
+    if name == "digits-vlm":
+        raise UserError(
+            f"{uri!r} is a multi-part model: set it as model.uri (or --model), which fills model.parts "
+            f"with its parts ({VLM_PREFIX}<part>)"
+        )
     raise UserError(
-        f"unknown builtin {uri!r}; known: {', '.join(BUILTIN_PREFIX + n for n in (MODEL, CALIBRATION, EVAL))}"
+        f"unknown builtin {uri!r}; known: "
+        f"{', '.join(BUILTIN_PREFIX + n for n in (MODEL, 'digits-vlm', CALIBRATION, EVAL))}"
     )

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vxdeploy.components.common.builtin import digits_split
+from vxdeploy.components.generation.loop import Generation, greedy_generate
+from vxdeploy.components.generation.spec import GenerationSpec
 
 if TYPE_CHECKING:
     import torch
@@ -263,55 +265,27 @@ def train_digits_vlm(seed: int = _SEED, epochs: int = _EPOCHS) -> DigitsVlm:
     return DigitsVlm(encoder, projector, decoder, time.perf_counter() - start, float(loss.item()))
 
 
-@dataclass(frozen=True)
-class Generation:
-    """Greedy captions of a batch and how long each phase took (wall clock, the whole batch).
+def label_captions() -> tuple[str, ...]:
+    """Reference caption of each digit label: ``"digit zero"`` .. ``"digit nine"``."""
+    return tuple(f"{PREFIX_WORD} {w}" for w in DIGIT_WORDS)
 
-    Attributes:
-        tokens: (B, MAX_NEW_TOKENS) generated ids, ``<pad>`` after each sequence's ``<eos>``.
-        texts: The captions.
-        encode_ms: Vision encoder plus projector.
-        ttft_ms: Time to first token: encode, project and prefill, from the call's start.
-        tokens_per_s: Decode steps per second after the first token (tokens per second per sequence).
-        total_ms: The whole generation.
-    """
 
-    tokens: np.ndarray
-    texts: list[str]
-    encode_ms: float
-    ttft_ms: float
-    tokens_per_s: float
-    total_ms: float
+def generation_spec() -> GenerationSpec:
+    """The generation facts of ``builtin://digits-vlm`` (part name = role)."""
+    return GenerationSpec(
+        parts={p: p for p in PARTS},
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        max_new_tokens=MAX_NEW_TOKENS,
+        vocabulary=VOCAB,
+        label_captions=label_captions(),
+    )
 
 
 def _greedy(encode: Any, prefill: Any, step: Any, images: np.ndarray, max_new_tokens: int) -> Generation:
-    """The one greedy loop both runtimes share; ``encode``/``prefill``/``step`` take and give NumPy."""
-    b = len(images)
-    start = time.perf_counter()
-    image_tokens = encode(images)
-    encoded = time.perf_counter()
-    logits, past = prefill(image_tokens, np.full((b, 1), BOS, dtype=np.int64))
-    out = np.full((b, max_new_tokens), PAD, dtype=np.int64)
-    done = np.zeros(b, dtype=bool)
-    next_ids = logits.argmax(-1).astype(np.int64)
-    first = time.perf_counter()
-    n = 0
-    for n in range(max_new_tokens):
-        out[:, n] = np.where(done, PAD, next_ids)
-        done |= next_ids == EOS
-        if done.all() or n == max_new_tokens - 1:
-            break
-        logits, past = step(next_ids[:, None], past)
-        next_ids = logits.argmax(-1).astype(np.int64)
-    end = time.perf_counter()
-    return Generation(
-        tokens=out,
-        texts=[decode_text(row.tolist()) for row in out],
-        encode_ms=(encoded - start) * 1e3,
-        ttft_ms=(first - start) * 1e3,
-        tokens_per_s=n / (end - first) if n and end > first else 0.0,
-        total_ms=(end - start) * 1e3,
-    )
+    """The shared loop (:func:`~vxdeploy.components.generation.loop.greedy_generate`) for this model."""
+    return greedy_generate(encode, prefill, step, images, generation_spec(), max_new_tokens)
 
 
 def generate_torch(model: DigitsVlm, images: np.ndarray, max_new_tokens: int = MAX_NEW_TOKENS) -> Generation:
@@ -551,7 +525,15 @@ def write_digits_vlm(dest_dir: str | Path) -> dict[str, Path]:
 
     cached = cache_dir() / f"digits-vlm-v{_CACHE_VERSION}"
     if not all((cached / f"{p}.{ext}").is_file() for p in PARTS for ext in ("pt2", "onnx")):
-        export_parts(train_digits_vlm(), cached)
+        import tempfile
+
+        # Build in a private folder, then rename each file in: concurrent builders never share a temp name.
+        cached.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".build-", dir=cached) as tmp:
+            export_parts(train_digits_vlm(), tmp)
+            for part in PARTS:
+                for ext in ("onnx", "pt2"):
+                    Path(tmp, f"{part}.{ext}").replace(cached / f"{part}.{ext}")
     dest = Path(dest_dir)
     out: dict[str, Path] = {}
     for part in PARTS:

@@ -70,6 +70,10 @@ class TensorOverride(_Section):
     shape: list[int | str] = Field(description="Dims; a string (e.g. 'batch') marks a dynamic dim.")
 
 
+GENERATION_ROLES = ("vision_encoder", "projector", "decoder_prefill", "decoder_step")
+BUILTIN_VLM_URI = "builtin://digits-vlm"
+
+
 class ModelPartConfig(_Section):
     """One part of a multi-part model (e.g. a vision encoder and a text head)."""
 
@@ -77,6 +81,20 @@ class ModelPartConfig(_Section):
     uri: str = Field(description="Path or gs:// URI of this part's .pt2, TorchScript or ONNX file.")
     inputs: list[TensorOverride] | None = None
     output_names: list[str] | None = None
+    role: Literal["vision_encoder", "projector", "decoder_prefill", "decoder_step"] | None = Field(
+        default=None,
+        description=(
+            "A generation model's part: vision_encoder, projector, decoder_prefill or decoder_step "
+            "(docs: the role contract); default: the part's name when it is one of them."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_role(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("role") is None and data.get("name") in GENERATION_ROLES:
+            return {**data, "role": data["name"]}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -126,6 +144,72 @@ class OutputMetricConfig(_Section):
     )
 
 
+class GenerationConfig(_Section):
+    """The tokens of a generation model (``model.task: generation``): how generated ids become text."""
+
+    bos_token_id: int = Field(ge=0, description="The token the prefill starts from.")
+    eos_token_id: int = Field(ge=0, description="The token that ends a caption.")
+    pad_token_id: int = Field(ge=0, description="Fills output_ids after a sequence's eos.")
+    max_new_tokens: int = Field(ge=1, le=4096, description="Upper bound of the tokens generated per image.")
+    vocabulary: list[str] = Field(
+        min_length=1, description="Token id -> text (every id the decoder's logits can pick), for captions."
+    )
+    metric: Literal["exact_match"] = Field(
+        default="exact_match",
+        description="What the accuracy budget applies to: points of exact caption match (like top-1).",
+    )
+    label_captions: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Reference caption of each integer label of the eval data ('labels'); leave empty when the "
+            "eval data gives reference token ids as labels/output_ids."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _tokens(self) -> GenerationConfig:
+        n = len(self.vocabulary)
+        bad = {
+            k: v
+            for k, v in (
+                ("bos_token_id", self.bos_token_id),
+                ("eos_token_id", self.eos_token_id),
+                ("pad_token_id", self.pad_token_id),
+            )
+            if v >= n
+        }
+        if bad:
+            raise ValueError(
+                f"{', '.join(f'model.generation.{k}={v}' for k, v in bad.items())} outside the vocabulary "
+                f"(ids 0..{n - 1}); list every token in model.generation.vocabulary"
+            )
+        return self
+
+
+def _builtin_vlm_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``model.uri: builtin://digits-vlm``: the embedded captioning model's parts, task and tokens."""
+    from vxdeploy.components.common import builtin_vlm as vlm  # lazily: it imports numpy
+
+    out = dict(data)
+    task = out.setdefault("task", "generation")
+    if task != "generation":
+        raise ValueError(
+            f"model.task={task!r}: {BUILTIN_VLM_URI} is a generation model; set model.task: generation "
+            "or remove it"
+        )
+    if not out.get("parts"):
+        out["parts"] = [
+            {"name": p, "uri": f"{BUILTIN_VLM_URI}/{p}", "role": p, "output_names": vlm.OUTPUT_NAMES[p]}
+            for p in vlm.PARTS
+        ]
+    if not out.get("generation"):
+        out["generation"] = vlm.generation_spec().to_dict()
+        del out["generation"]["parts"]
+    if out.get("name") in (None, "model"):  # unset, or the flat model_name parameter's default
+        out["name"] = vlm.MODEL
+    return out
+
+
 class ModelConfig(_Section):
     """Where the trained model comes from and what it is called."""
 
@@ -143,11 +227,13 @@ class ModelConfig(_Section):
         default=None, description="Input signature; required for TorchScript, read from the file otherwise."
     )
     output_names: list[str] | None = None
-    task: Literal["classification", "regression", "embedding", "generic", "other"] = Field(
+    task: Literal["classification", "regression", "embedding", "generic", "other", "generation"] = Field(
         default="classification",
         description=(
             "What the model's outputs are for, the default of every output ('other' = 'generic'); "
-            "an output without a class axis is compared as numbers."
+            "an output without a class axis is compared as numbers. 'generation': parts with roles "
+            "(vision_encoder, projector, decoder_prefill, decoder_step) that generate text greedily, "
+            "with model.generation; 'builtin://digits-vlm' is one."
         ),
     )
     metrics: dict[str, OutputMetricConfig] = Field(
@@ -161,6 +247,16 @@ class ModelConfig(_Section):
     parts: list[ModelPartConfig] = Field(
         default_factory=list, description="Parts of a multi-part model, served behind one ensemble."
     )
+    generation: GenerationConfig | None = Field(
+        default=None, description="Tokens and vocabulary of a generation model (model.task: generation)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin_vlm(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("uri") == BUILTIN_VLM_URI:
+            return _builtin_vlm_defaults(data)
+        return data
 
     @field_validator("name")
     @classmethod
@@ -178,7 +274,44 @@ class ModelConfig(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"parts {dupes}: each part needs its own name (a folder of the repository)")
+        if self.task == "generation":
+            _check_generation(self)
+        elif self.generation is not None:
+            raise ValueError(
+                f"model.generation is set but model.task is {self.task!r}; set model.task: generation "
+                "or remove model.generation"
+            )
         return self
+
+
+def _check_generation(model: ModelConfig) -> None:
+    """A generation model names a part per role and its tokens (the messages name the field and the fix)."""
+    roles = ", ".join(GENERATION_ROLES)
+    if model.generation is None:
+        raise ValueError(
+            "model.generation: missing; a generation model needs model.generation.{vocabulary, "
+            "bos_token_id, eos_token_id, pad_token_id, max_new_tokens}"
+        )
+    if not model.parts:
+        raise ValueError(f"model.parts: empty; a generation model has one part per role ({roles})")
+    seen: dict[str, str] = {}
+    for i, part in enumerate(model.parts):
+        if part.role is None:
+            raise ValueError(
+                f"model.parts[{i}] {part.name!r} has no role; set model.parts[{i}].role to one of {roles}"
+            )
+        if part.role in seen:
+            raise ValueError(
+                f"model.parts[{i}].role={part.role!r} is also part {seen[part.role]!r}'s; give each role "
+                "one part"
+            )
+        seen[part.role] = part.name
+    missing = [r for r in GENERATION_ROLES if r not in seen and r != "projector"]
+    if missing:
+        raise ValueError(
+            f"model.parts: no part with role {missing}; a generation model needs vision_encoder, "
+            "decoder_prefill and decoder_step (projector optional)"
+        )
 
 
 class DataConfig(_Section):
@@ -284,6 +417,15 @@ class QuantizationConfig(_Section):
             "Also write a dynamically quantized model (INT8 weights, activations quantized at run time; "
             "MatMul/Gemm with constant weights only), gated like the static one, for the "
             "onnxruntime_int8_dynamic candidate. 'auto': on graphs with attention."
+        ),
+    )
+    quantize_decoder: bool = Field(
+        default=False,
+        description=(
+            "Generation models: also try Q/DQ INT8 for the decoder parts (prefill and step together), gated "
+            "end to end on the captions like the vision parts. Off by default: the decoder's per-token "
+            "matrix products are small and its error compounds over the steps (builtin://digits-vlm: "
+            "-20 points of exact caption match), so it costs calibration time for little."
         ),
     )
     fuse_before_dynamic: bool = Field(
@@ -467,6 +609,14 @@ class TritonConfig(_Section):
         ),
     )
     shared_memory_mb: int = Field(default=1024, ge=64)
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Generation models: vLLM engine arguments (model.json, e.g. {model: Qwen/Qwen2-VL-2B-Instruct}) "
+            "of a real LLM for Triton's vLLM backend, written configured only beside the generator and "
+            "checked for wiring, not loaded (no vLLM backend in the bundled or the serving image). {} = none."
+        ),
+    )
     serve_check: Literal["required", "best_effort", "off"] = Field(
         default="required",
         description=(
@@ -745,6 +895,22 @@ class CanaryConfig(_Section):
     monitoring_endpoint: str = Field(
         default="", description="Override the Cloud Monitoring API endpoint (host:port) the analysis reads."
     )
+    # Generation models (model.task: generation): checks on what the canary generates.
+    min_output_agreement: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description=(
+            "Generation models: fraction of eval images on which the canary must generate the same caption "
+            "as the model that serves (or, on a first deployment, the reference caption); below it fails."
+        ),
+    )
+    agreement_samples: int = Field(
+        default=16, ge=1, description="Generation models: eval images generated for in each agreement check."
+    )
+    max_ttft_ms: float = Field(
+        default=500, gt=0, description="Generation models: limit of the canary's p95 time to first token, ms."
+    )
 
     @field_validator("steps")
     @classmethod
@@ -820,6 +986,16 @@ class MonitoringConfig(_Section):
         default_factory=list,
         description="E-mail addresses to alert; an 'email' channel is created for each (or reused).",
     )
+    ttft_ms: float = Field(
+        default=500,
+        gt=0,
+        description="Generation models: alert when a deployed model's p95 time to first token exceeds this.",
+    )
+    min_tokens_per_s: float = Field(
+        default=10,
+        gt=0,
+        description="Generation models: alert when a deployed model's median decode speed falls below this.",
+    )
     dashboard: bool = True
     monitoring_endpoint: str = Field(
         default="",
@@ -893,6 +1069,16 @@ class ServiceLevelConfig(_Section):
         default=None,
         gt=0,
         description="Cost ceiling of the whole deployment, USD per hour (spot when deployment.spot).",
+    )
+    # Generation models (model.task: generation): the targets are per generation, not per call.
+    ttft_p95_ms: float | None = Field(
+        default=200, gt=0, description="Generation models: target p95 time to first token in ms (None: none)."
+    )
+    generation_p50_ms: float | None = Field(
+        default=200, gt=0, description="Generation models: target median time of a whole generation, in ms."
+    )
+    generation_p95_ms: float | None = Field(
+        default=500, gt=0, description="Generation models: target p95 time of a whole generation, in ms."
     )
     cpu_machine_type: str = Field(
         default="",

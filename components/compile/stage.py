@@ -11,6 +11,7 @@ from vxdeploy.components.common.errors import ConfigError
 from vxdeploy.components.common.stage import StageReport, log_metrics, reports_failure, timed
 from vxdeploy.components.compile.build import CompileSources, build_candidates
 from vxdeploy.components.compile.gpus import check_build_hardware
+from vxdeploy.components.generation.spec import is_generation
 
 
 def artifact_file(artifact: Any, name: str) -> Path | None:
@@ -66,6 +67,20 @@ def run(
     metrics: Any,
     report: Any,
 ) -> None:
+    if is_generation(onnx_model):  # a multi-part generation model: candidates per part
+        from vxdeploy.components.generation import compile as generation_compile
+
+        return generation_compile.run(
+            source_model,
+            onnx_model,
+            qdq_model,
+            compilation,
+            build_accelerator_type,
+            build_accelerator_count,
+            candidates,
+            metrics,
+            report,
+        )
     cfg = parse_section(CompilationConfig, compilation, "compilation")
     rep = StageReport("compile")
     with timed(rep):

@@ -6,6 +6,7 @@ rollout lease first, so a second run cannot interleave, and every part is idempo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from vxdeploy.components.deploy.model_upload import (
     repository_checksum,
     upload_model_version,
 )
+from vxdeploy.components.generation.rollout import generate_stream_route, require_invoke_route
 
 MODEL_REPOSITORY_DIR = "model_repository"
 MANIFEST_FILE = "manifest.json"
@@ -54,6 +56,7 @@ class DeploymentResult:
     recovered: RollbackResult | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     upload: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] | None = None
 
     @property
     def deployed_model_id(self) -> str:
@@ -182,6 +185,11 @@ def deploy_to_endpoint(
     repo_dir = Path(repo_dir)
     serving_name = str(metadata.get("model_name") or model_cfg.name)
     container = ServingContainer.from_metadata(metadata.get("serving_container"), serving_name)
+    generation = _generation_of(metadata)
+    if generation is not None:
+        # The decoupled generator streams through Triton's generate_stream (see generation.rollout):
+        # the route the smoke test, the canary and clients use.
+        container = dataclasses.replace(container, predict_route=generate_stream_route(serving_name))
     engine_checks = check_serving_compatibility(metadata, container, cfg)
     checksum = repository_fingerprint(repo_dir)
     route = cfg.resolved_smoke_test_route
@@ -194,6 +202,9 @@ def deploy_to_endpoint(
     t = time.perf_counter()
     endpoint = get_or_create_endpoint(api, cfg, gcp_resources_path=gcp_resources_path)
     invoke_route = route == "invoke"
+    if generation is not None:
+        require_invoke_route(cfg, bool(endpoint.endpoint.dedicated_endpoint_enabled), endpoint.name)
+        invoke_route = True  # served only there, with or without a smoke test
     if invoke_route and not endpoint.endpoint.dedicated_endpoint_enabled:
         raise UserError(
             f"deployment.smoke_test_route={cfg.smoke_test_route!r}: endpoint {endpoint.name} is not a "
@@ -290,4 +301,14 @@ def deploy_to_endpoint(
         recovered=recovered,
         timings_s=timings,
         upload=upload_info,
+        generation=generation,
     )
+
+
+def _generation_of(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The GenerationSpec a generation model's repository carries (its ``generation`` metadata)."""
+    from vxdeploy.components.generation.spec import GenerationSpec, is_generation
+
+    if not is_generation(dict(metadata)):
+        return None
+    return GenerationSpec.from_metadata(dict(metadata)).to_dict()

@@ -82,6 +82,7 @@ def write_artifacts(
         imageUri=container.image_uri,
         predictRoute=container.predict_route,
         invokeRoute=result.invoke_route,
+        generation=result.generation,
     ).write(vertex_model)
     vertex_endpoint.uri = _uri(cfg, result.endpoint.name)
     VertexEndpoint(
@@ -89,6 +90,7 @@ def write_artifacts(
         endpointId=resource_id(result.endpoint.name),
         displayName=str(result.endpoint.endpoint.display_name),
         deployedModelId=result.deployed_model_id,
+        generation=result.generation,
     ).write(vertex_endpoint)
 
 

@@ -11,6 +11,8 @@ from vxdeploy.components.common.config import ExportConfig, ModelConfig, parse_s
 from vxdeploy.components.common.data import load_dataset
 from vxdeploy.components.common.stage import StageReport, log_metrics, reports_failure, timed
 from vxdeploy.components.export.onnx_export import ONNX_FILE, ExportResult, export_onnx, export_parts
+from vxdeploy.components.generation import export as generation_export
+from vxdeploy.components.generation.spec import is_generation
 
 
 @reports_failure("export")
@@ -27,6 +29,11 @@ def run(
     model_cfg = parse_section(ModelConfig, model, "model")
     export_cfg = parse_section(ExportConfig, export, "export")
     meta = SourceModel.read(source_model)
+    if is_generation(meta):  # a multi-part generation model: components/generation/export.py
+        generation_export.run(
+            source_model, eval_data, model_cfg, export_cfg, onnx_model, metrics, report, meta
+        )
+        return
     signature = meta.model_signature()
     source = Path(source_model.path) / meta.file
     out_dir = Path(onnx_model.path)

@@ -10,6 +10,8 @@ from vxdeploy.components.common import registry
 from vxdeploy.components.common.artifacts import DatasetSamples, SourceModel
 from vxdeploy.components.common.config import DataConfig, DeploymentConfig, ModelConfig, parse_section
 from vxdeploy.components.common.stage import StageReport, reports_failure, timed
+from vxdeploy.components.generation import intake as generation_intake
+from vxdeploy.components.generation.spec import is_generation
 from vxdeploy.components.intake.intake import intake, store_model
 
 
@@ -40,6 +42,12 @@ def run(
         rep.summary = {"model_uri": model_cfg.uri, "deploy": False, "proceed": False}
         rep.write(report.path)
         return IntakeOutputs(proceed=False, deploy=False)
+    if is_generation(model_cfg):  # a multi-part generation model: components/generation/intake.py
+        with tempfile.TemporaryDirectory() as tmp:
+            proceed, deploy = generation_intake.run(
+                model_cfg, data_cfg, deploy_cfg, source_model, calibration_data, eval_data, report, rep, tmp
+            )
+        return IntakeOutputs(proceed=proceed, deploy=deploy)
     with timed(rep), tempfile.TemporaryDirectory() as tmp:
         result = intake(model_cfg, data_cfg, tmp, api_endpoint=api_endpoint)
         Path(source_model.path).mkdir(parents=True, exist_ok=True)

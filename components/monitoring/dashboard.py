@@ -14,6 +14,7 @@ from google.cloud import monitoring_dashboard_v1 as dash
 from google.protobuf import duration_pb2
 
 from vxdeploy.components.common.config import MonitoringConfig
+from vxdeploy.components.monitoring import generation_metrics as gm
 from vxdeploy.components.monitoring import vertex_metrics as vm
 from vxdeploy.components.monitoring.policies import ServingShape
 from vxdeploy.components.monitoring.vertex_metrics import EndpointRef
@@ -49,8 +50,9 @@ def build_dashboard(
     deployed_model_ids: Sequence[str] = (),
     alert_policy_names: Sequence[str] = (),
     endpoint_display_name: str = "",
+    generation: bool = False,
 ) -> dash.Dashboard:
-    """The dashboard the endpoint should have.
+    """The dashboard the endpoint should have (a generation model's gets TTFT and tokens/s charts).
 
     Args:
         endpoint: The endpoint shown.
@@ -60,6 +62,8 @@ def build_dashboard(
         deployed_model_ids: Deployed models that get a row of their own.
         alert_policy_names: Alert policies shown as alert charts at the top.
         endpoint_display_name: For the title.
+        generation: The endpoint serves a generation model: a row of time-to-first-token, decode speed
+            and whole-generation charts per deployed model.
     """
     tiles: list[dash.MosaicLayout.Tile] = []
     y = 0
@@ -82,9 +86,14 @@ def build_dashboard(
     overview = _charts(endpoint, cfg, shape, deployed_model_id="")
     for pair in (overview[0:2], overview[2:4], overview[4:6]):
         place([_xy(c) for c in pair], 16)
+    if generation:
+        place([_header("Generation", "Streamed captions, one line per deployed model.")], 2)
+        place([_xy(c) for c in _generation_charts(endpoint, cfg, deployed_model_id="")], 16)
     for dm_id in deployed_model_ids:
         place([_header(f"Deployed model {dm_id}", "")], 2)
         place([_xy(c) for c in _charts(endpoint, cfg, shape, deployed_model_id=dm_id)[:4]], 12)
+        if generation:
+            place([_xy(c) for c in _generation_charts(endpoint, cfg, deployed_model_id=dm_id)], 12)
     return dash.Dashboard(
         display_name=dashboard_display_name(endpoint, endpoint_display_name),
         labels=labels,
@@ -175,6 +184,55 @@ def _charts(
         [_threshold(float(shape.max_replicas), "max replicas")] if shape.max_replicas else [],
     )
     return [latency, traffic, errors, usage, replicas, extra]
+
+
+def _generation_charts(endpoint: EndpointRef, cfg: MonitoringConfig, deployed_model_id: str) -> list[_Chart]:
+    """Time to first token, decode speed and whole-generation time (the custom generation metrics)."""
+
+    def filt(metric: str) -> str:
+        return gm.generation_filter(metric, endpoint, deployed_model_id)
+
+    group = [] if deployed_model_id else [vm.DEPLOYED_MODEL_LABEL]
+    ttft = _Chart(
+        "Time to first token p95 / p50 (ms)",
+        "ms",
+        [
+            _series(
+                filt(gm.TIME_TO_FIRST_TOKEN), Aligner.ALIGN_PERCENTILE_95, Reducer.REDUCE_MAX, group, "p95 "
+            ),
+            _series(
+                filt(gm.TIME_TO_FIRST_TOKEN), Aligner.ALIGN_PERCENTILE_50, Reducer.REDUCE_MAX, group, "p50 "
+            ),
+        ],
+        [_threshold(cfg.ttft_ms, "TTFT alert")],
+    )
+    tokens = _Chart(
+        "Decode speed, median (tokens/s per stream)",
+        "tokens/s",
+        [_series(filt(gm.TOKENS_PER_SECOND), Aligner.ALIGN_PERCENTILE_50, Reducer.REDUCE_MIN, group)],
+        [
+            dash.Threshold(
+                label="tokens/s alert",
+                value=cfg.min_tokens_per_s,
+                color=dash.Threshold.Color.RED,
+                direction=dash.Threshold.Direction.BELOW,
+            )
+        ],
+    )
+    whole = _Chart(
+        "Whole generation p95 / p50 (ms)",
+        "ms",
+        [
+            _series(
+                filt(gm.GENERATION_LATENCIES), Aligner.ALIGN_PERCENTILE_95, Reducer.REDUCE_MAX, group, "p95 "
+            ),
+            _series(
+                filt(gm.GENERATION_LATENCIES), Aligner.ALIGN_PERCENTILE_50, Reducer.REDUCE_MAX, group, "p50 "
+            ),
+        ],
+        [],
+    )
+    return [ttft, tokens, whole]
 
 
 def _aggregation(aligner: int, reducer: int, group: Sequence[str]) -> dash.Aggregation:

@@ -1,5 +1,8 @@
 """The alert policies vxdeploy keeps on a Vertex AI endpoint: p99 latency, error rate, saturation.
 
+A generation model's endpoint also gets time to first token and decode speed, on the custom metrics
+of :mod:`vxdeploy.components.monitoring.generation_metrics`.
+
 Each condition is evaluated per deployed model (series grouped by ``deployed_model_id``), so a
 canary that misbehaves alerts on its own even while it takes a small share of the traffic.
 """
@@ -12,6 +15,7 @@ from google.cloud import monitoring_v3
 from google.protobuf import duration_pb2
 
 from vxdeploy.components.common.config import MonitoringConfig
+from vxdeploy.components.monitoring import generation_metrics as gm
 from vxdeploy.components.monitoring import vertex_metrics as vm
 from vxdeploy.components.monitoring.vertex_metrics import EndpointRef
 
@@ -23,6 +27,8 @@ MetricThreshold = monitoring_v3.AlertPolicy.Condition.MetricThreshold
 ROLE_LATENCY = "p99-latency"
 ROLE_ERRORS = "error-rate"
 ROLE_SATURATION = "saturation"
+ROLE_TTFT = "time-to-first-token"
+ROLE_TOKENS_PER_S = "tokens-per-second"
 AUTO_CLOSE_S = 1800
 # A saturated GPU or a full replica set is worth an alert only when it lasts: autoscaling needs
 # a few minutes to add replicas after a burst.
@@ -44,7 +50,13 @@ class ServingShape:
 
 def policy_display_name(endpoint: EndpointRef, role: str) -> str:
     """The display name of one managed policy: stable per endpoint and role, so it can be matched."""
-    titles = {ROLE_LATENCY: "p99 latency", ROLE_ERRORS: "error rate", ROLE_SATURATION: "saturation"}
+    titles = {
+        ROLE_LATENCY: "p99 latency",
+        ROLE_ERRORS: "error rate",
+        ROLE_SATURATION: "saturation",
+        ROLE_TTFT: "time to first token",
+        ROLE_TOKENS_PER_S: "tokens per second",
+    }
     return f"vxdeploy endpoint {endpoint.endpoint_id}: {titles[role]}"
 
 
@@ -54,6 +66,8 @@ def build_alert_policies(
     shape: ServingShape,
     labels: dict[str, str],
     notification_channels: list[str],
+    *,
+    generation: bool = False,
 ) -> dict[str, monitoring_v3.AlertPolicy]:
     """The alert policies the endpoint should have, by role.
 
@@ -63,10 +77,13 @@ def build_alert_policies(
         shape: Accelerator and replica ceiling of the deployment.
         labels: User labels every managed policy carries (managed-by, endpoint); the role is added.
         notification_channels: Channel resource names to notify.
+        generation: The endpoint serves a generation model: also alert on time to first token and
+            decode speed.
 
     Returns:
-        ``{role: AlertPolicy}`` for ``p99-latency``, ``error-rate`` and, when there is something to
-        watch, ``saturation``.
+        ``{role: AlertPolicy}`` for ``p99-latency``, ``error-rate``, when there is something to
+        watch ``saturation``, and for a generation model ``time-to-first-token`` and
+        ``tokens-per-second``.
     """
     policies = {
         ROLE_LATENCY: _policy(
@@ -108,7 +125,77 @@ def build_alert_policies(
             labels,
             notification_channels,
         )
+    if generation:
+        policies.update(_generation_policies(endpoint, cfg, labels, notification_channels))
     return policies
+
+
+def _generation_policies(
+    endpoint: EndpointRef, cfg: MonitoringConfig, labels: dict[str, str], notification_channels: list[str]
+) -> dict[str, monitoring_v3.AlertPolicy]:
+    """p95 time to first token above ``monitoring.ttft_ms``; median tokens/s below ``min_tokens_per_s``."""
+    ttft = _threshold(
+        f"p95 time to first token above {cfg.ttft_ms:g} ms",
+        gm.generation_filter(gm.TIME_TO_FIRST_TOKEN, endpoint),
+        Aligner.ALIGN_PERCENTILE_95,
+        Reducer.REDUCE_MAX,
+        cfg.ttft_ms,
+        cfg,
+    )
+    tokens = _threshold(
+        f"median decode speed below {cfg.min_tokens_per_s:g} tokens/s",
+        gm.generation_filter(gm.TOKENS_PER_SECOND, endpoint),
+        Aligner.ALIGN_PERCENTILE_50,
+        # The slowest replica set decides: a canary decoding slowly alerts on its own.
+        Reducer.REDUCE_MIN,
+        cfg.min_tokens_per_s,
+        cfg,
+        comparison=monitoring_v3.ComparisonType.COMPARISON_LT,
+    )
+    return {
+        ROLE_TTFT: _policy(
+            endpoint,
+            ROLE_TTFT,
+            [ttft],
+            _generation_doc(
+                endpoint,
+                cfg,
+                f"The 95th percentile of time to first token of a deployed model stayed above "
+                f"**{cfg.ttft_ms:g} ms**",
+                "monitoring.ttft_ms",
+            ),
+            monitoring_v3.AlertPolicy.Severity.WARNING,
+            labels,
+            notification_channels,
+        ),
+        ROLE_TOKENS_PER_S: _policy(
+            endpoint,
+            ROLE_TOKENS_PER_S,
+            [tokens],
+            _generation_doc(
+                endpoint,
+                cfg,
+                f"The median decode speed of a deployed model stayed below **{cfg.min_tokens_per_s:g} "
+                "tokens/s**",
+                "monitoring.min_tokens_per_s",
+            ),
+            monitoring_v3.AlertPolicy.Severity.WARNING,
+            labels,
+            notification_channels,
+        ),
+    }
+
+
+def _generation_doc(endpoint: EndpointRef, cfg: MonitoringConfig, what: str, field: str) -> str:
+    return (
+        f"{what} on endpoint `{endpoint.resource_name}` for {cfg.alert_duration_s // 60} min (aligned over "
+        f"{cfg.alignment_period_s // 60} min), from the generation metrics the serving side writes "
+        f"(`{gm.TIME_TO_FIRST_TOKEN}`, `{gm.TOKENS_PER_SECOND}`).\n\n"
+        "A slow first token with normal decode speed points at the vision encoder or queueing (GPU duty "
+        "cycle, replicas); slow decoding at the decoder steps. If it started with a new deployed model, "
+        "roll it back.\n\n"
+        f"Managed by vxdeploy: edits here are overwritten by the next run; change `{field}` instead."
+    )
 
 
 def _policy(

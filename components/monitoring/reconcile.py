@@ -122,6 +122,7 @@ def setup_monitoring(
     endpoint_display_name: str = "",
     clients: MonitoringClients | None = None,
     retry: RetryPolicy | None = None,
+    generation: bool = False,
 ) -> MonitoringResult:
     """Create or update the endpoint's alert policies, notification channels and dashboard.
 
@@ -136,6 +137,7 @@ def setup_monitoring(
         clients: Cloud Monitoring clients; default: made from ``cfg.monitoring_endpoint`` and
             ``cfg.dashboards_endpoint`` and closed at the end.
         retry: Retries after transient errors (default :class:`RetryPolicy`).
+        generation: The endpoint serves a generation model: TTFT and tokens/s alerts and charts.
 
     Returns:
         Every resource touched and what was done to it.
@@ -164,7 +166,9 @@ def setup_monitoring(
         result = MonitoringResult(project=project, endpoint=endpoint.resource_name)
         labels = managed_labels(endpoint.endpoint_id)
         result.channels = resolve_notification_channels(clients.notification_channels, project, cfg, retry)
-        desired = build_alert_policies(endpoint, cfg, shape, labels, [c.name for c in result.channels])
+        desired = build_alert_policies(
+            endpoint, cfg, shape, labels, [c.name for c in result.channels], generation=generation
+        )
         result.policies = reconcile_alert_policies(clients.alert_policies, project, endpoint, desired, retry)
         if cfg.dashboard and clients.dashboards is not None:
             wanted = build_dashboard(
@@ -175,6 +179,7 @@ def setup_monitoring(
                 deployed_model_ids=deployed_model_ids,
                 alert_policy_names=[p.name for p in result.policies if p.action != "deleted"],
                 endpoint_display_name=endpoint_display_name,
+                generation=generation,
             )
             result.dashboards = reconcile_dashboard(clients.dashboards, project, endpoint, wanted, retry)
         log.info("monitoring of %s: %s", endpoint.resource_name, result.counts())

@@ -53,6 +53,7 @@ def run(
             endpoint_display_name=endpoint.displayName,
             clients=clients,
             retry=retry,
+            generation=bool(endpoint.generation),
         )
     rep.summary = result.summary()
     rep.details = {
@@ -63,6 +64,11 @@ def run(
             "gpu_duty_cycle_percent": cfg.gpu_duty_cycle if shape.accelerator_type else None,
             "cpu_utilization_percent": None if shape.accelerator_type else cfg.cpu_utilization,
             "max_replicas": shape.max_replicas if cfg.replica_saturation else None,
+            **(
+                {"ttft_p95_ms": cfg.ttft_ms, "min_tokens_per_s": cfg.min_tokens_per_s}
+                if endpoint.generation
+                else {}
+            ),
         },
     }
     rep.write(report.path)

@@ -125,6 +125,8 @@ def short_substitutions(substitutions: Sequence[str]) -> list[str]:
             word = "onnxruntime_onnx -> python backend (ONNX Runtime) on CPU"
         elif "KIND_GPU instances run as KIND_CPU" in s:
             word = "KIND_GPU -> KIND_CPU"
+        elif "text pieces not streamed" in s:
+            word = "captions decoded from output_ids (bundled backend cannot send text)"
         else:
             word = s
         if word not in short:

@@ -32,6 +32,7 @@ from vxdeploy.components.common.stage import (
 from vxdeploy.components.cost.estimate import CostReport
 from vxdeploy.components.cost.measured import local_cpu_description, vertex_accelerator_name
 from vxdeploy.components.cost.served import served_cost
+from vxdeploy.components.generation.spec import is_generation
 from vxdeploy.components.package.manifest import MANIFEST_FILE, verify_manifest
 from vxdeploy.components.package.model_config import CONFIG_FILE, config_text
 from vxdeploy.components.package.repository import (
@@ -107,6 +108,10 @@ def run_package(
     report: Any,
 ) -> None:
     """The ``package_triton_repository`` component's body."""
+    if is_generation(selected_model):  # a generation model: parts + the streaming generator
+        from vxdeploy.components.generation import packaging
+
+        return packaging.run_package(selected_model, model, triton, deployment, triton_repository, report)
     model_cfg = parse_section(ModelConfig, model, "model")
     triton_cfg = parse_section(TritonConfig, triton, "triton")
     deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")
@@ -186,6 +191,20 @@ def run_serve_check(
         ParityError: when the served answers disagree with the reference or requests fail (required).
         ServeCheckUnavailable: when a required check cannot run here.
     """
+    if is_generation(triton_repository):  # streamed through gRPC: components/generation/serve_check.py
+        from vxdeploy.components.generation import packaging
+
+        return packaging.run_serve_check(
+            triton_repository,
+            source_model,
+            eval_data,
+            triton,
+            metrics,
+            report,
+            deployment=deployment,
+            service_levels=service_levels,
+            summary=summary,
+        )
     triton_cfg = parse_section(TritonConfig, triton, "triton")
     rep = StageReport("serve_check")
     mode = triton_cfg.serve_check

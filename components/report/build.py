@@ -8,6 +8,7 @@ it into the sections both :func:`render_markdown` and the HTML page
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,6 +220,8 @@ def build_report(
         "cost": serve.get("cost") or select.get("cost"),
         "cost_basis": "served (Triton)" if serve.get("cost") else ("selection" if select.get("cost") else ""),
         "selection_cost": select.get("cost"),
+        # A generation model: each part's candidates and decision, the chosen combination end to end.
+        "generation": select.get("generation"),
         "triton_repository": _summary(reports, "package").get("repository_path", ""),
         "serve_check": {
             "status": reports.get("serve_check", {}).get("status", "not run"),
@@ -227,6 +230,9 @@ def build_report(
             "substitutions": serve.get("substitutions", []),
             "errors": serve.get("errors", []),
             "sweep": serve.get("sweep"),
+            # A generation model: end-to-end latency of streamed generations per concurrency.
+            "levels": serve.get("levels"),
+            "generation_cost": serve.get("generation_cost"),
         },
         "cloud": {
             name: {
@@ -338,6 +344,8 @@ def stage_headline(stage: Mapping[str, Any]) -> str:
             f"{readable(summary.get('calibration_samples'))} calibration / "
             f"{readable(summary.get('eval_samples'))} evaluation samples"
         )
+    if name in ("export", "calibrate") and summary.get("task") == "generation":
+        return _generation_headline(str(name), summary)
     if name == "export" and summary:
         return (
             f"opset {summary.get('opset', '-')}, parity vs {summary.get('parity_reference', 'source')}: "
@@ -390,6 +398,24 @@ def stage_headline(stage: Mapping[str, Any]) -> str:
     if name == "rollback" and summary.get("action"):
         return f"{summary['action']}: {stage.get('reason', '')}"
     return str(stage.get("reason", ""))
+
+
+def _generation_headline(stage: str, summary: Mapping[str, Any]) -> str:
+    """The export / calibration headline of a generation model: end-to-end caption figures."""
+    if stage == "export":
+        return (
+            f"{readable(summary.get('parts'))} parts, opset {summary.get('opset', '-')}: max abs diff "
+            f"{readable(summary.get('parity_max_abs_diff'))}; captions: ONNX Runtime exact match "
+            f"{_percent(summary.get('fp32_onnx_exact_match'))} (PyTorch "
+            f"{_percent(summary.get('pytorch_exact_match'))}), "
+            f"agreement {_percent(summary.get('e2e_agreement'))}"
+        )
+    parts = ", ".join(summary.get("accepted_parts") or []) or "none"
+    return (
+        f"INT8 parts accepted: {parts}; captions exact match {_percent(summary.get('fp32_exact_match'))} -> "
+        f"{_percent(summary.get('int8_exact_match'))} (drop {readable(summary.get('drop_points'))} pts, "
+        f"agreement {_percent(summary.get('e2e_agreement'))})"
+    )
 
 
 def _accuracy_text(accuracy: Mapping[str, Any] | None) -> str:
@@ -536,12 +562,17 @@ def _serve_section(serve: Mapping[str, Any]) -> Section | None:
         f"Status **{serve.get('status')}**" + (f": {serve['reason']}" if serve.get("reason") else "."),
         "",
     ]
+    levels = serve.get("levels") or []
     figures = {
         k: v
         for k, v in serve.items()
-        if k not in ("status", "reason", "substitutions", "errors", "sweep", "mode", "verdict")
+        if k not in ("status", "reason", "substitutions", "errors", "sweep", "mode", "verdict", "generation")
+        and k not in (("replicas", "cost_per_1000_generations") if serve.get("generation_cost") else ())
         and not isinstance(v, dict | list)
+        and not (levels and re.fullmatch(r"p(50|95)_ms_c\d+", k))  # in the levels table below
     }
+    if serve.get("generation"):
+        lines += [_served_generator_line(serve), ""]
     if figures:
         lines += [
             _table(
@@ -555,6 +586,38 @@ def _serve_section(serve: Mapping[str, Any]) -> Section | None:
     errors = serve.get("errors") or []
     if errors:
         lines += ["Errors:", ""] + [f"- {e}" for e in errors] + [""]
+    if levels:
+        lines += [
+            "Streamed generations, end to end (send to final response); after the first pass the images "
+            "repeat, so the vision encoder answers from its response cache:",
+            "",
+            _table(
+                [
+                    {
+                        "concurrency": lv.get("concurrency"),
+                        "generations": lv.get("generations"),
+                        "p50 ms": lv.get("p50_ms"),
+                        "p95 ms": lv.get("p95_ms"),
+                        "TTFT p50 ms": lv.get("ttft_p50_ms"),
+                        "TTFT p95 ms": lv.get("ttft_p95_ms"),
+                        "generations/s": lv.get("generations_per_s"),
+                    }
+                    for lv in levels
+                ]
+            ),
+        ]
+    generation_cost = serve.get("generation_cost") or {}
+    if generation_cost.get("markdown"):
+        per_1000 = generation_cost.get("cost_per_1000_generations")
+        lines += [
+            f"Cost of serving the generator: {generation_cost.get('replicas')} replica(s), "
+            + ("not priced" if per_1000 is None else f"**USD {readable(per_1000)} per 1,000 generations**")
+            + f" at {generation_cost.get('concurrency')} concurrent streams per replica "
+            "(targets: `service_levels.ttft_p95_ms`, `generation_p50_ms`, `generation_p95_ms`):",
+            "",
+            str(generation_cost["markdown"]),
+            "",
+        ]
     sweep = serve.get("sweep") or {}
     points = sweep.get("points") or []
     if points:
@@ -582,6 +645,28 @@ def _serve_section(serve: Mapping[str, Any]) -> Section | None:
         if sweep.get("gain") is not None:
             lines += [f"Dynamic batching gain: **{sweep['gain']:.2f}x** ({sweep.get('gain_basis', '')}).", ""]
     return Section("Serve check", "\n".join(lines), figure="serve_sweep")
+
+
+def _served_generator_line(serve: Mapping[str, Any]) -> str:
+    """The served generator's headline: streamed through gRPC from the real Triton repository."""
+    parts = [
+        f"TTFT **{readable(serve.get('ttft_ms'))} ms**",
+        f"**{readable(serve.get('tokens_per_s'))} tokens/s** per stream",
+        f"vision encode {readable(serve.get('encode_ms'))} ms",
+    ]
+    if serve.get("p50_ms") is not None:
+        parts.append(
+            f"end to end p50 {readable(serve.get('p50_ms'))} ms / p95 {readable(serve.get('p95_ms'))} ms"
+        )
+    line = (
+        f"Served generator `{serve.get('model', '')}` (BLS, decoupled, streamed through gRPC): "
+        + ", ".join(parts)
+    )
+    if serve.get("served_exact") is not None:
+        line += f"; served exact caption match {_percent(serve['served_exact'])}"
+    if serve.get("agreement_reference") is not None:
+        line += f", captions identical to the PyTorch reference {_percent(serve['agreement_reference'])}"
+    return line + "."
 
 
 def _canary_section(canary: Mapping[str, Any]) -> Section | None:
@@ -649,6 +734,7 @@ def report_sections(report: Mapping[str, Any]) -> list[Section]:
             "range over interleaved rounds.\n\n"
         )
         sections.append(Section("Candidates", text + _table(candidate_rows(report)), figure="latency"))
+    sections += generation_sections(report.get("generation") or {})
     skipped = report.get("skipped_candidates") or []
     if skipped:
         sections.append(Section("Candidates not built", _table(skipped, ["name", "kind", "reason"]), level=3))
@@ -688,6 +774,69 @@ def report_sections(report: Mapping[str, Any]) -> list[Section]:
     return sections
 
 
+def _percent(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{100.0 * float(value):.1f}%"
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], first: Sequence[str], last: Sequence[str]) -> list[str]:
+    """Column order of rows read back from JSON (keys sorted there): ``first``, the others, ``last``."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    middle = [k for k in keys if k not in first and k not in last]
+    return [k for k in first if k in keys] + middle + [k for k in last if k in keys]
+
+
+def generation_sections(generation: Mapping[str, Any]) -> list[Section]:
+    """A generation model's selection: per-part decisions, end-to-end figures, each part's candidates."""
+    if not generation:
+        return []
+    decisions = [
+        {k: v for k, v in row.items() if k != "candidates"} for row in generation.get("decisions") or []
+    ]
+    columns = _columns(decisions, ("part", "role", "selected", "precision", "device"), ("why",))
+    lines = [_table(decisions, columns)]
+    for fallback in generation.get("fallbacks") or []:
+        lines.append(f"- Fallback: {fallback.get('reason', '')}")
+    sections = [Section("Generation: per-part decisions", "\n".join(lines) + "\n", figure="generation_parts")]
+    e2e = generation.get("end_to_end") or {}
+    if e2e:
+        fp32 = e2e.get("fp32") or {}
+        rows = [
+            {
+                "parts": label,
+                "caption exact match": _percent(exact),
+                "agreement with FP32": _percent(agree),
+                "encode": _ms(fig.get("encode_ms")),
+                "TTFT": _ms(fig.get("ttft_ms")),
+                "tokens/s": readable(fig.get("tokens_per_s")),
+                "p50 / p95 per generation": f"{_ms(fig.get('p50_ms'))} / {_ms(fig.get('p95_ms'))}",
+                "captions/s": readable(fig.get("captions_per_s")),
+            }
+            for label, exact, agree, fig in (
+                ("FP32 everywhere", e2e.get("fp32_exact"), 1.0, fp32),
+                ("selected", e2e.get("selected_exact"), e2e.get("agreement"), e2e),
+            )
+        ]
+        head = (
+            f"Captions of {readable(e2e.get('samples'))} evaluation images; timing "
+            f"{e2e.get('measured', '')}; captions/s at batch {readable(e2e.get('batch'))}. "
+            f"Drop {readable(e2e.get('drop_points'))} points ({e2e.get('drop_basis', '')}).\n\n"
+        )
+        sections.append(Section("Generation: end to end", head + _table(rows)))
+    for part, facts in generation_parts_in_run_order(generation).items():
+        rows = [{k: v for k, v in row.items() if k != "drop_basis"} for row in facts.get("candidates") or []]
+        first = ("name", "status", "runtime", "precision", "device", "drop_points", "cosine", "judged_by")
+        sections.append(
+            Section(
+                f"Part {part} ({facts.get('role', '')}): candidates",
+                f"Selected **{facts.get('selected', '')}**; batch sizes "
+                f"{', '.join(str(b) for b in facts.get('batch_sizes') or [])}, against "
+                f"`{facts.get('reference', '')}`.\n\n" + _table(rows, _columns(rows, first, ("reason",))),
+                level=3,
+            )
+        )
+    return sections
+
+
 def _tradeoff_text(report: Mapping[str, Any]) -> str:
     budget = report.get("accuracy_budget")
     return (
@@ -717,7 +866,15 @@ def figure_data(report: Mapping[str, Any]) -> dict[str, Any]:
         "tradeoff": report.get("candidates") or [],
         "serve_sweep": ((report.get("serve_check") or {}).get("sweep") or {}).get("points") or [],
         "canary": canary.get("analyses") or [],
+        "generation_parts": generation_parts_in_run_order(report.get("generation") or {}),
     }
+
+
+def generation_parts_in_run_order(generation: Mapping[str, Any]) -> dict[str, Any]:
+    """``generation.parts`` in run order (JSON sorts the keys; the decision rows keep the order)."""
+    parts = generation.get("parts") or {}
+    order = [str(row.get("part")) for row in generation.get("decisions") or [] if row.get("part") in parts]
+    return {p: parts[p] for p in order + [p for p in parts if p not in order]}
 
 
 def iter_batches(candidate: Mapping[str, Any]) -> Iterable[tuple[int, Mapping[str, Any]]]:

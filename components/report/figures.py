@@ -215,6 +215,60 @@ def canary_steps(analyses: Sequence[Mapping[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
+def generation_part_latency(parts: Mapping[str, Mapping[str, Any]]) -> bytes | None:
+    """A generation model's parts: each measured candidate's median latency at the largest batch.
+
+    One group of bars per part (in run order), the selected candidate drawn in the selection colour
+    and hatched; the reference (PyTorch) bar outlined.
+    """
+    groups = []
+    for part, facts in parts.items():
+        bench = facts.get("benchmark") or {}
+        batch = max((int(b) for b in bench.get("batch_sizes") or []), default=0)
+        bars = [
+            (str(f.get("name")), float(f["latency"][str(batch)]["p50_ms"]), bool(f.get("reference")))
+            for f in bench.get("figures") or []
+            if str(batch) in (f.get("latency") or {})
+        ]
+        if bars:
+            groups.append((part, batch, str(facts.get("selected", "")), bars))
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(groups)), 4.2))
+    width = 0.8 / max(len(bars) for _, _, _, bars in groups)
+    for gi, (_, _, selected, bars) in enumerate(groups):
+        for bi, (name, p50, reference) in enumerate(bars):
+            chosen = name == selected
+            ax.bar(
+                gi + (bi - (len(bars) - 1) / 2) * width,
+                p50,
+                width * 0.9,
+                color=_SELECTED if chosen else "white" if reference else "#1f77b4",
+                edgecolor="black",
+                hatch="//" if chosen else None,
+            )
+            ax.annotate(
+                name,
+                (gi + (bi - (len(bars) - 1) / 2) * width, p50),
+                rotation=90,
+                fontsize=7,
+                ha="center",
+                va="bottom",
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+    ax.set_xticks(
+        range(len(groups)), [f"{part}\n(batch {batch})" for part, batch, _, _ in groups], fontsize=8
+    )
+    ax.set_yscale("log")
+    top = max(p50 for _, _, _, bars in groups for _, p50, _ in bars)
+    ax.set_ylim(top=top * 6)  # room for the candidates' names above the bars
+    ax.set_ylabel("median latency per call (ms)")
+    ax.set_title("Per-part candidates (red, hatched: selected; white: PyTorch reference)")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    return _png(fig)
+
+
 def report_pictures(report: Mapping[str, Any]) -> dict[str, tuple[str, bytes]]:
     """Every picture that applies to the run: name -> (caption, PNG)."""
     from vxdeploy.components.report.build import figure_data
@@ -236,6 +290,10 @@ def report_pictures(report: Mapping[str, Any]) -> dict[str, tuple[str, bytes]]:
             lambda: serve_throughput_vs_concurrency(data["serve_sweep"]),
         ),
         "canary": ("Canary: traffic and metrics per step", lambda: canary_steps(data["canary"])),
+        "generation_parts": (
+            "Generation model: each part's candidates, median latency at the largest batch",
+            lambda: generation_part_latency(data["generation_parts"]),
+        ),
     }
     pictures = {}
     for name, (caption, make) in makers.items():

@@ -36,6 +36,7 @@ from vxdeploy.components.cost import (
     require_feasible,
     vertex_accelerator_name,
 )
+from vxdeploy.components.generation.spec import is_generation
 from vxdeploy.components.select.benchmark import BenchmarkResult, CandidateFigures, benchmark_candidates
 from vxdeploy.components.select.policy import Gate, SelectionDecision, accuracy_gate, select_candidate
 from vxdeploy.components.select.runners import reference_runner
@@ -186,6 +187,24 @@ def run(
     table: Any,
     report: Any,
 ) -> None:
+    if is_generation(candidates):  # a multi-part generation model: chosen per part, checked end to end
+        from vxdeploy.components.generation import select as generation_select
+
+        return generation_select.run(
+            candidates,
+            source_model,
+            eval_data,
+            selection,
+            service_levels,
+            deployment,
+            build_accelerator_type,
+            build_accelerator_count,
+            selected_model,
+            benchmark,
+            metrics,
+            table,
+            report,
+        )
     cfg = parse_section(SelectionConfig, selection, "selection")
     sl_cfg = parse_section(ServiceLevelConfig, service_levels, "service_levels")
     deploy_cfg = parse_section(DeploymentConfig, deployment, "deployment")

@@ -167,6 +167,9 @@ def _already_serving(config: RunConfig, report: ValidationReport) -> str:
 def _check_inputs(config: RunConfig, tmp: Path, report: ValidationReport) -> None:
     from vxdeploy.components.intake.intake import intake
 
+    if config.model.task == "generation":
+        _check_generation_inputs(config, tmp, report)
+        return
     api_endpoint = config.deployment.api_endpoint or None
     try:
         result = intake(
@@ -198,6 +201,27 @@ def _check_inputs(config: RunConfig, tmp: Path, report: ValidationReport) -> Non
     )
     _check_parts(config, tmp, report)
     _check_labels(config, result.evaluation, result.signature, report)
+    _check_calibration_count(config, result.calibration, result.signature, report)
+
+
+def _check_generation_inputs(config: RunConfig, tmp: Path, report: ValidationReport) -> None:
+    """A generation model: every part read, the role contract, the data against the whole model."""
+    from vxdeploy.components.generation.intake import intake_generation
+
+    try:
+        result = intake_generation(
+            config.model, config.data, tmp, api_endpoint=config.deployment.api_endpoint or None
+        )
+    except UserError as exc:
+        report.fail("model and data", exc)
+        return
+    report.add(
+        "model and data",
+        "passed",
+        f"generation model of {len(result.parts)} parts ({', '.join(result.spec.part_names)}); "
+        f"{len(result.calibration)} calibration and {len(result.evaluation)} evaluation samples fit "
+        "the vision encoder's inputs",
+    )
     _check_calibration_count(config, result.calibration, result.signature, report)
 
 

@@ -45,7 +45,13 @@ def test_a_healthy_version_is_promoted_through_every_step(
     canary = report["cloud"]["canary"]
     assert code == 0, report["error"]
     assert canary["status"] == "succeeded"
-    assert [s["canary %"] for s in canary["steps"]] == [10, 25, 50, 100]
+    # Each step ends in a passing analysis, in order. On a loaded machine a 0.5 s window can miss
+    # (too few requests, a slow p99): the step is then held and analysed again, within the limit.
+    steps = canary["steps"]
+    assert [s["canary %"] for s in steps if s["verdict"] == "pass"] == [10, 25, 50, 100]
+    held = [s for s in steps if s["verdict"] != "pass"]
+    assert len(held) <= 1, held  # canary.failure_limit's default
+    assert all(s["reason"] != "all checks passed" for s in held)
     assert fakes.baseline_deployed_model not in split or split[fakes.baseline_deployed_model] == 0
     assert sum(split.values()) == 100
 

@@ -1,6 +1,13 @@
-"""The whole pipeline under kfp.local on the embedded digits model: artifacts flow between real tasks."""
+"""The whole pipeline under kfp.local on the embedded digits model: artifacts flow between real tasks.
 
+One run serves every test here (a run takes minutes): its stages, its reports and their pictures,
+the pipeline's HTML artifact and the terminal lines.
+"""
+
+import base64
 import io
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,8 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> LocalRunResult:
             "selection.batch_sizes": [1, 8],
             "selection.min_iterations": 5,
             "selection.min_seconds": 0.05,
+            "triton.serve_check_sweep": [1, 4],
+            "triton.serve_check_sweep_window_s": 0.5,
         }
     )
     terminal = io.StringIO()  # not a terminal: plain lines, as in CI or a pipe
@@ -107,3 +116,35 @@ def test_the_terminal_shows_each_stage_as_it_starts_in_under_60_plain_lines(
     assert "executor_input" not in terminal and '"parameterValues"' not in terminal
     assert "\x1b" not in terminal
     assert "Got executor_input" in (digits_run.workdir / "logs" / "select-candidate.log").read_text()
+
+
+def _pictures(html: str) -> list[tuple[str, str]]:
+    """(name, base64 PNG) of each embedded picture."""
+    return re.findall(
+        r'<figure id="figure-([a-z_]+)"><img alt="[^"]+" src="data:image/png;base64,([^"]+)"', html
+    )
+
+
+def test_report_html_of_a_local_run_has_its_three_pictures_and_every_batch(
+    digits_run: LocalRunResult,
+) -> None:
+    assert digits_run.succeeded, digits_run.report["error"]
+    page = Path(digits_run.report["files"]["html"]).read_text()
+    report = json.loads(digits_run.report_json.read_text())
+
+    # a run that did not deploy has no canary picture
+    assert [name for name, _ in _pictures(page)] == ["latency", "tradeoff", "serve_sweep"]
+    assert all(base64.b64decode(data).startswith(b"\x89PNG") for _, data in _pictures(page))
+    latency = {c["name"]: sorted(c["latency"]) for c in report["candidates"] if c.get("latency")}
+    assert {"pytorch_eager", "onnxruntime_fp32", "onnxruntime_int8"} <= set(latency)
+    assert all(batches == ["1", "8"] for batches in latency.values()), latency
+
+
+def test_the_pipelines_html_artifact_is_the_report_page(digits_run: LocalRunResult) -> None:
+    task_dir = Path(digits_run.report["stages"][0]["artifacts"]).parent / "write-run-report"
+    artifact = (task_dir / "html").read_text()
+    local = Path(digits_run.report["files"]["html"]).read_text()
+
+    # the same pictures and sections; only the run's own facts (wall time) differ in the head
+    assert [name for name, _ in _pictures(artifact)] == [name for name, _ in _pictures(local)]
+    assert artifact.split("<h2>Stages</h2>")[1] == local.split("<h2>Stages</h2>")[1]

@@ -91,8 +91,15 @@ def serving_fakes(
     interval_s: float = 3.0,
     requests_per_s: float = 200.0,
     vertex_port: int = 0,
+    generation: bool = False,
+    canary_wrong_captions: bool = False,
 ) -> Iterator[RunningFakes]:
-    """Run every fake a local rollout needs; stop them all on exit."""
+    """Run every fake a local rollout needs; stop them all on exit.
+
+    With ``generation`` the deployed models stream captions of the built-in digits-vlm (a rollout of
+    ``builtin://digits-vlm``); ``canary_wrong_captions`` makes the new version caption each digit as
+    the next one (no errors: only the caption check catches it).
+    """
     from tests.fakes.dashboards import FakeDashboards
     from tests.fakes.gcs import gcs_emulator
     from tests.fakes.traffic import TrafficSimulator
@@ -107,11 +114,24 @@ def serving_fakes(
                 ENDPOINT, labels={MANAGED_BY_KEY: MANAGED_BY_VALUE}, endpoint_id=ENDPOINT
             )
 
+        servers = _caption_servers(stack, canary_wrong_captions) if generation else None
+
         def profile(dm: Any) -> ServingProfile:
+            extra: dict[str, Any] = {}
+            if servers is not None:
+                good, canary = servers
+                extra = {
+                    "generator": good if dm.id == baseline_id else canary,
+                    "ttft_ms": 40.0,
+                    "tokens_per_s": 200.0,
+                }
             if dm.id == baseline_id:
-                return ServingProfile(latency_ms=baseline_latency_ms)
+                return ServingProfile(latency_ms=baseline_latency_ms, **extra)
             return ServingProfile(
-                fail_predictions=fail_smoke, error_rate=canary_error_rate, latency_ms=canary_latency_ms
+                fail_predictions=fail_smoke,
+                error_rate=canary_error_rate,
+                latency_ms=canary_latency_ms,
+                **extra,
             )
 
         vertex.serving_profile = profile
@@ -127,6 +147,19 @@ def serving_fakes(
             baseline_deployed_model=baseline_id,
             config=run_config(gcs.url, monitoring, dashboards, interval_s=interval_s),
         )
+
+
+def _caption_servers(stack: ExitStack, canary_wrong: bool) -> tuple[Any, Any]:
+    """(baseline, canary) caption servers on the built-in digits-vlm's ONNX parts."""
+    import tempfile
+
+    from tests.fakes.generation import CaptionServer
+    from vxdeploy.components.common import builtin_vlm
+
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vxdeploy-vlm-")))
+    onnx = {p: path.with_suffix(".onnx") for p, path in builtin_vlm.write_digits_vlm(folder).items()}
+    spec = builtin_vlm.generation_spec()
+    return CaptionServer(onnx, spec), CaptionServer(onnx, spec, wrong_captions=canary_wrong)
 
 
 @contextmanager
@@ -159,6 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--empty", action="store_true", help="no serving baseline: the run is a first deployment"
     )
     parser.add_argument(
+        "--generation", action="store_true", help="deployed models stream digits-vlm captions"
+    )
+    parser.add_argument(
+        "--canary-wrong-captions", action="store_true", help="with --generation: the new version miscaptions"
+    )
+    parser.add_argument(
         "--interval-s", type=float, default=3.0, help="canary.interval_s written to the config"
     )
     parser.add_argument(
@@ -174,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed_baseline=not args.empty,
         interval_s=args.interval_s,
         vertex_port=args.vertex_port,
+        generation=args.generation,
+        canary_wrong_captions=args.canary_wrong_captions,
     ) as fakes:
         config_path = Path(args.config_out)
         config_path.write_text(yaml.safe_dump(fakes.config, sort_keys=False))

@@ -189,7 +189,41 @@ class TrafficSimulator:
                     kinds.INT64,
                 )
             )
+        if profile.generator is not None and profile.ttft_ms > 0:
+            series += self._generation_series(dm, profile, requests - errors, resource_labels, start, end)
         return series
+
+    def _generation_series(
+        self,
+        dm: Any,
+        profile: Any,
+        generations: int,
+        resource_labels: dict[str, str],
+        start: datetime,
+        end: datetime,
+    ) -> list[monitoring_v3.TimeSeries]:
+        """The custom generation metrics a generator's serving side writes for its answered requests."""
+        from vxdeploy.components.monitoring.generation_metrics import (
+            GenerationSamples,
+            generation_time_series,
+        )
+        from vxdeploy.components.monitoring.vertex_metrics import EndpointRef
+
+        if generations <= 0:
+            return []
+        ttft = [self._rng.lognormvariate(math.log(profile.ttft_ms), 0.2) for _ in range(generations)]
+        rates = (
+            [self._rng.lognormvariate(math.log(profile.tokens_per_s), 0.1) for _ in range(generations)]
+            if profile.tokens_per_s > 0
+            else []
+        )
+        total = [t + 3e3 / r for t, r in zip(ttft, rates, strict=False)] if rates else []
+        endpoint = EndpointRef(
+            resource_labels["resource_container"], resource_labels["location"], resource_labels["endpoint_id"]
+        )
+        return generation_time_series(
+            endpoint, str(dm.id), GenerationSamples(ttft, rates, total), start, end, replica="replica-0"
+        )
 
     def start(self) -> TrafficSimulator:
         self._last = datetime.now(UTC)

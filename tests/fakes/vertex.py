@@ -111,11 +111,20 @@ class RecordedCall:
 
 @dataclass
 class ServingProfile:
-    """How a deployed model answers predictions and what figures it would report."""
+    """How a deployed model answers predictions and what figures it would report.
+
+    A generation model's profile has a ``generator``: called with a ``generate_stream`` request body,
+    it returns (HTTP status, the response objects), which the invoke route answers as Server-Sent
+    Events (``tests.fakes.generation.CaptionServer``); ``ttft_ms`` and ``tokens_per_s`` are the
+    generation figures its serving side reports.
+    """
 
     fail_predictions: bool = False
     error_rate: float = 0.0
     latency_ms: float = 20.0
+    generator: Callable[[dict[str, Any]], tuple[int, list[dict[str, Any]]]] | None = None
+    ttft_ms: float = 0.0
+    tokens_per_s: float = 0.0
 
 
 @dataclass
@@ -1159,8 +1168,25 @@ class FakeVertex(LoopbackHTTPServer):
             raise _precondition("invoke is served only by dedicated endpoints")
         if not self._model_invoke.get(f"{dm.model}@{dm.model_version_id}"):
             raise _precondition("the model was uploaded without container_spec.invoke_route_prefix")
+        if route.rstrip("/").endswith("/generate_stream"):
+            return self._generate_stream(dm, body)
         status, out = self._predict_with(dm, body)
         return status, out, {"X-Vertex-AI-Deployed-Model-Id": dm.id}
+
+    def _generate_stream(self, dm: v1.DeployedModel, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        """Triton's generate_stream on the container: one SSE ``data:`` event per generator response."""
+        profile = self.serving_profile(dm)
+        headers = {"X-Vertex-AI-Deployed-Model-Id": dm.id}
+        if profile.fail_predictions:
+            return 500, {"error": f"deployed model {dm.id} failed to run the request (injected)"}, headers
+        if profile.generator is None:
+            # What Triton answers for a model that has no generate route (not a generator).
+            return 400, {"error": "generate_stream: the model is not a generation model"}, headers
+        status, events = profile.generator(body)
+        if status != 200:
+            return status, events[0] if events else {"error": "generation failed"}, headers
+        stream = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode()
+        return 200, stream, {**headers, "Content-Type": "text/event-stream; charset=utf-8"}
 
     def _rpc_PrivatePredict(
         self, parent: str, endpoint_id: str, deployed_model_id: str, body: dict[str, Any], **_: Any
@@ -1332,11 +1358,14 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             status = exc.http_status
             payload = {"error": {"code": exc.http_status, "message": exc.message, "status": exc.status}}
-        data = json.dumps(payload).encode()
+        if isinstance(payload, bytes):  # a raw body (a Server-Sent Events stream) with its own type
+            data, content_type = payload, headers.pop("Content-Type", "application/octet-stream")
+        else:
+            data, content_type = json.dumps(payload).encode(), "application/json; charset=UTF-8"
         self.send_response(
             status, HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         )
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for key, value in headers.items():
             self.send_header(key, value)

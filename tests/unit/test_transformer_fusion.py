@@ -101,6 +101,38 @@ def test_unpacked_fusion_leaves_qkv_projections_for_dynamic_int8(bert_onnx: Path
     assert row_cosines(reference, quantized).min() > 0.99
 
 
+def test_packed_attention_takes_the_padding_mask_and_quantizes_into_one_int8_gemm(
+    bert_onnx: Path, tmp_path: Path
+) -> None:
+    import onnx
+
+    # Given the graph fused with Q/K/V packed (the default)
+    fuse_transformer(bert_onnx, tmp_path / "fused.onnx")
+    model = onnx.load(str(tmp_path / "fused.onnx"))
+    producers = {out: n for n in model.graph.node for out in n.output}
+    initializers = {i.name for i in model.graph.initializer}
+
+    # Then each layer's Attention reads the model's attention_mask as its key padding mask (no
+    # 4-D additive bias left) and one packed constant weight
+    attention = [n for n in model.graph.node if n.op_type == "Attention"]
+    assert len(attention) == 2
+    for node in attention:
+        assert len(node.input) == 4 and node.input[1] in initializers, list(node.input)
+        mask = producers[node.input[3]]
+        assert mask.op_type == "Cast" and list(mask.input) == ["attention_mask"]
+        assert not any(a.name == "qkv_hidden_sizes" for a in node.attribute)
+
+    # When it is quantized dynamically, attention's three projections become one QAttention,
+    # and the INT8 model still answers like FP32 on right-padded batches
+    quantize_dynamic_onnxruntime(tmp_path / "fused.onnx", tmp_path / "dynamic.onnx", QuantizationConfig())
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "dynamic.onnx")).graph.node]
+    assert ops.count("QAttention") == 2 and "Attention" not in ops
+    tokens = token_data(8, 16, 2000, seed=6)
+    reference = run_onnxruntime(bert_onnx, tokens, (8,))["last_hidden_state"]
+    quantized = run_onnxruntime(tmp_path / "dynamic.onnx", tokens, (8,))["last_hidden_state"]
+    assert row_cosines(reference, quantized).min() > 0.99
+
+
 def test_fp32_candidate_of_a_transformer_serves_the_fused_graph(bert_onnx: Path, tmp_path: Path) -> None:
     import onnx
 

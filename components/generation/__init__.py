@@ -1,0 +1,1 @@
+"""Multi-part generation models (vision-language): parts through every stage, served as one generator."""
