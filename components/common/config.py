@@ -415,7 +415,8 @@ class QuantizationConfig(_Section):
         default="auto",
         description=(
             "Also write a dynamically quantized model (INT8 weights, activations quantized at run time; "
-            "MatMul/Gemm with constant weights only), gated like the static one, for the "
+            "MatMul/Gemm with constant weights and fused attention's packed Q/K/V, as QAttention), "
+            "gated like the static one, for the "
             "onnxruntime_int8_dynamic candidate. 'auto': on graphs with attention."
         ),
     )

@@ -35,7 +35,7 @@ from vxdeploy.components.generation.serving import (
     package_generation_repository,
 )
 from vxdeploy.components.generation.spec import GenerationSpec
-from vxdeploy.components.monitoring.generation_export import container_env
+from vxdeploy.components.monitoring.generation_export import EXPORT_ENV, container_env
 from vxdeploy.components.package.manifest import MANIFEST_FILE, verify_manifest
 from vxdeploy.components.package.model_config import CONFIG_FILE, config_text
 from vxdeploy.components.package.repository import (
@@ -139,6 +139,11 @@ def run_package(
         "total_bytes": repo.total_bytes,
         "manifest_sha256": repo.manifest_sha256,
         "serving_image": container["image_uri"],
+        "generation_metrics": (
+            f"Triton custom metrics; on Vertex AI also Cloud Monitoring ({deploy_cfg.location})"
+            if any(e["name"] == EXPORT_ENV for e in container["env"])
+            else "Triton custom metrics"
+        ),
     }
     configs = {name: config_text(c) for name, c in repo.configs.items()}
     vllm_dir = repo.root / CONFIGURED_ONLY_DIR

@@ -823,7 +823,7 @@ def run(
     figures["fallbacks"] = len(combo.fallbacks)
     log_metrics(metrics, figures)
     selected = _combo_text(combo.chosen)
-    reason = "; ".join(f"{p}: {s.decision.reason}" for p, s in parts.items())
+    reason = _short_reason(e2e, combo.fallbacks)
     rep.summary = {
         "device": device,
         "policy": cfg.policy,
@@ -861,3 +861,19 @@ def run(
     }
     write_selected(selected_model.path, sel, parts, combo, e2e, meta.signature).write(selected_model)
     rep.write(report.path)
+
+
+def _short_reason(e2e: dict[str, Any], fallbacks: list[dict[str, Any]]) -> str:
+    """One line for the terminal and the report's head; each part's own reason is in its table row."""
+
+    def pct(value: Any) -> str:
+        return f"{100 * value:.1f}%" if isinstance(value, int | float) else "-"
+
+    text = (
+        "each part the fastest within the end-to-end budget: caption exact match "
+        f"{pct(e2e.get('selected_exact'))} (FP32 {pct(e2e.get('fp32_exact'))}), "
+        f"agreement with FP32 {pct(e2e.get('agreement'))}"
+    )
+    if fallbacks:
+        text += f"; {len(fallbacks)} part(s) back to FP32 to keep the combination within the budget"
+    return text + "; per-part reasons in the report"

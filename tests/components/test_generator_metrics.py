@@ -22,8 +22,12 @@ import pytest
 
 from tests.generation_support import digits_vlm_files, eval_npz, selected_model_dir, source_model_dir
 from vxdeploy.components.common.config import TritonConfig
-from vxdeploy.components.generation.serve_check import _bundled_text_substitution, stream_generations
-from vxdeploy.components.generation.serving import package_generation_repository
+from vxdeploy.components.generation.serve_check import (
+    _bundled_text_substitution,
+    read_generator_metrics,
+    stream_generations,
+)
+from vxdeploy.components.generation.serving import GENERATOR_HISTOGRAMS, package_generation_repository
 from vxdeploy.components.generation.spec import GenerationSpec
 from vxdeploy.components.package.serve_check import serve_copy
 from vxdeploy.components.package.triton_install import ServeCheckServer
@@ -149,6 +153,14 @@ def test_the_generator_exports_ttft_tokens_per_second_and_latency_per_generation
     )
     assert multi and rate_count == len(multi)
     assert one(after, "vxdeploy_generation_tokens_per_second_sum", **label) > 0
+
+    # The serve check's reader of the same families agrees.
+    read = read_generator_metrics(served["metrics"], MODEL)
+    assert read["generations"] == count0 + n
+    assert read["ttft_ms"] == pytest.approx(
+        one(after, "vxdeploy_generation_time_to_first_token_ms_sum", **label) / (count0 + n)
+    )
+    assert set(GENERATOR_HISTOGRAMS.values()) <= {k.removesuffix("_count") for k in after}
 
     # Histogram buckets are cumulative and end at +Inf = count.
     buckets = sorted(
@@ -284,6 +296,13 @@ def test_the_serve_check_prices_the_measured_levels_per_1000_generations(
     assert cost["replicas"] >= math.ceil(40 / point["generations_per_s"]) - 1
     assert s["missed_targets"] and "service_levels.ttft_p95_ms=0.001" in s["missed_targets"][0]
     assert "per 1,000 generations" in (tmp_path / "summary.md").read_text()
+    # The check read the generator's own metrics back: every generation it streamed (+ the warm-up).
+    assert s["server_generations"] == s["sent"] + 1
+    assert 0 < s["server_ttft_ms"] < s["server_total_ms"] and s["server_tokens_per_s"] > 0
+    assert (
+        "The generator's own metrics (Triton custom metrics on the metrics port) counted"
+        in (details["markdown"])
+    )
     assert "USD per 1,000 generations" in details["markdown"]
 
     package = json.loads((tmp_path / "package.json").read_text())
