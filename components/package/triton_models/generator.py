@@ -368,8 +368,10 @@ class TritonPythonModel:
                 if stream.open:
                     self._respond(stream, next_ids, encode_ms)
                     if done[stream.start : stream.stop].all() or last:
-                        stream.close()
+                        # Observed before the final response: a client that reads the metrics once
+                        # its stream ends finds this generation counted.
                         self._observe(stream)
+                        stream.close()
             if done.all() or last:
                 break
             step_ids = next_ids.reshape(batch, 1)
