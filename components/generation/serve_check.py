@@ -462,7 +462,13 @@ def check_served_generation(
                 got, wall = stream_generations(url, model, images, [i % n for i in range(per_level)], c)
                 runs[c] = got
                 levels.append(_level(c, got, wall))
-            generator = read_counters(url, model)
+            # Triton counts a decoupled request once its execute returns, after the final response:
+            # wait for the warm-up, the first pass and every level to count.
+            answered = 1 + len(first) + sum(len(got) for got in runs.values())
+            try:
+                generator = settled_counters(url, model, expected_requests=answered)
+            except StatisticsNotSettled:
+                generator = read_counters(url, model)
             before = read_counters(url, encoder)
             repeat, _ = stream_generations(url, model, images, [0, 0], 1)
             try:  # the repeat makes two encoder requests (one a cache hit): wait until both count

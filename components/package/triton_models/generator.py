@@ -301,11 +301,11 @@ class TritonPythonModel:
                 feeds.append(self._images(request))
                 accepted.append(request)
             except ValueError as exc:  # this request only: an error response, final
+                self._failed(1)  # counted first: a client reading the metrics after the error sees it
                 request.get_response_sender().send(
                     pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))),
                     flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
                 )
-                self._failed(1)
         requests = accepted
         groups: list[list[int]] = []  # requests whose images stack into one batch
         for i, feed in enumerate(feeds):
