@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vxdeploy.components.common.artifacts import SelectedModel, ServingContainer, SourceModel
+from vxdeploy.components.common.artifacts import SelectedModel, SourceModel
 from vxdeploy.components.common.artifacts import TritonRepository as TritonRepositoryMetadata
 from vxdeploy.components.common.config import (
     DeploymentConfig,
@@ -36,7 +36,7 @@ from vxdeploy.components.generation.serving import (
 )
 from vxdeploy.components.generation.spec import GenerationSpec
 from vxdeploy.components.monitoring.generation_export import EXPORT_ENV, container_env
-from vxdeploy.components.package.manifest import MANIFEST_FILE, verify_manifest
+from vxdeploy.components.package.manifest import verify_manifest
 from vxdeploy.components.package.model_config import CONFIG_FILE, config_text
 from vxdeploy.components.package.repository import (
     KIND_FORMATS,
@@ -57,40 +57,28 @@ def _part_facts(parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def repository_metadata(
     packaged: GenerationRepository, container: dict[str, Any], selected: SelectedModel, spec: GenerationSpec
 ) -> TritonRepositoryMetadata:
-    """The ``triton_repository`` metadata of a generation repository (default model: the generator)."""
+    """The ``triton_repository`` metadata of a generation repository (default model: the generator).
+
+    The single model's metadata, with what differs for parts: the instance kind is the vision
+    encoder's, precision and engines are per part, and the parts and the spec go along.
+    """
+    from vxdeploy.components.package.stage import instance_kind_name
+    from vxdeploy.components.package.stage import repository_metadata as single_model_metadata
+
     repo = packaged.repository
-    default = repo.configs[repo.default_model]
     precisions = sorted({str(f.get("precision", "")) for f in selected.parts.values()} - {""})
-    engines = {p: dict(f["engine"]) for p, f in selected.parts.items() if f.get("engine")}
     encoder = repo.configs[spec.part("vision_encoder")]
-    return TritonRepositoryMetadata(
-        model_name=repo.default_model,
-        models=list(repo.models),
-        kind=repo.kinds[repo.default_model],
-        kinds=dict(repo.kinds),
-        model_repository=MODEL_REPOSITORY_DIR,
-        manifest=MANIFEST_FILE,
-        manifest_sha256=repo.manifest_sha256,
-        files=len(repo.manifest["files"]),
-        total_bytes=repo.total_bytes,
-        max_batch_size=int(default.max_batch_size),
-        instance_kind=_kind_name(encoder.instance_group[0].kind) if encoder.instance_group else "",
-        serving_container=ServingContainer.model_validate(container),
-        precision="+".join(precisions) or selected.precision,
-        device=selected.device,
-        engines=engines,
-        gpu_name=selected.gpu_name,
-        compute_capability=selected.compute_capability,
-        versions=selected.versions,
-        parts=_part_facts(selected.parts),
-        generation=spec.to_dict(),
+    return single_model_metadata(repo, container, selected).model_copy(
+        update={
+            "instance_kind": instance_kind_name(encoder.instance_group[0].kind)
+            if encoder.instance_group
+            else "",
+            "precision": "+".join(precisions) or selected.precision,
+            "engines": {p: dict(f["engine"]) for p, f in selected.parts.items() if f.get("engine")},
+            "parts": _part_facts(selected.parts),
+            "generation": spec.to_dict(),
+        }
     )
-
-
-def _kind_name(kind: int) -> str:
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    return str(mc.ModelInstanceGroup.Kind.Name(kind))
 
 
 def run_package(

@@ -81,7 +81,7 @@ def repository_metadata(
         files=len(repository.manifest["files"]),
         total_bytes=repository.total_bytes,
         max_batch_size=int(default.max_batch_size),
-        instance_kind=_kind_name(default.instance_group[0].kind) if default.instance_group else "",
+        instance_kind=instance_kind_name(default.instance_group[0].kind) if default.instance_group else "",
         serving_container=ServingContainer.model_validate(container),
         precision=selected.precision,
         device=selected.device,
@@ -92,7 +92,7 @@ def repository_metadata(
     )
 
 
-def _kind_name(kind: int) -> str:
+def instance_kind_name(kind: int) -> str:
     from tritonclient.grpc import model_config_pb2 as mc
 
     return str(mc.ModelInstanceGroup.Kind.Name(kind))

@@ -6,48 +6,18 @@ promoted step by step; one that answers without errors but captions each digit w
 back, traffic back on the model that served.
 """
 
-import json
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.fakes.serve_fakes import ENDPOINT, RunningFakes, serving_fakes
-from vxdeploy.pipelines.cli import main
+from tests.fakes.serve_fakes import ENDPOINT, run_local_rollout, serving_fakes
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--set", "selection.batch_sizes=[1, 8]", "--set", "selection.min_seconds=0.05"]
 
-
-def _run(fakes: RunningFakes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict]:
-    config = tmp_path / "fakes.yaml"
-    config.write_text(yaml.safe_dump(fakes.config))
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fakes.storage_address)
-    workdir = tmp_path / "run"
-    code = main(
-        [
-            "run",
-            "--local",
-            "--model",
-            "builtin://digits-vlm",
-            "--api-endpoint",
-            fakes.vertex_address,
-            "--config",
-            str(config),
-            "--workdir",
-            str(workdir),
-            *FAST,
-        ]
-    )
-    return code, json.loads((workdir / "report.json").read_text())
-
-
-def test_a_healthy_generator_is_promoted_through_every_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_healthy_generator_is_promoted_through_every_step(tmp_path: Path) -> None:
     with serving_fakes(interval_s=0.5, generation=True) as fakes:
-        code, report = _run(fakes, tmp_path, monkeypatch)
+        code, report = run_local_rollout(fakes, tmp_path, "--model", "builtin://digits-vlm")
         split = dict(fakes.vertex.endpoint(ENDPOINT).traffic_split)
 
     canary = report["cloud"]["canary"]
@@ -59,11 +29,9 @@ def test_a_healthy_generator_is_promoted_through_every_step(
     assert sum(split.values()) == 100
 
 
-def test_a_generator_with_wrong_captions_is_rolled_back_to_the_serving_model(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_generator_with_wrong_captions_is_rolled_back_to_the_serving_model(tmp_path: Path) -> None:
     with serving_fakes(interval_s=0.5, generation=True, canary_wrong_captions=True) as fakes:
-        code, report = _run(fakes, tmp_path, monkeypatch)
+        code, report = run_local_rollout(fakes, tmp_path, "--model", "builtin://digits-vlm")
         split = dict(fakes.vertex.endpoint(ENDPOINT).traffic_split)
 
     assert code == 1

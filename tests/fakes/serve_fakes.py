@@ -172,6 +172,48 @@ def _monitoring_fake(project: str) -> Iterator[tuple[str, Any]]:
         yield fake.address, monitoring_sink(fake.address, project)
 
 
+def run_local_rollout(fakes: RunningFakes, workdir: Path, *extra: str) -> tuple[int, dict[str, Any]]:
+    """``vxdeploy run --local`` against ``fakes`` (config, API endpoint, GCS emulator): its rc and report.
+
+    Sets ``STORAGE_EMULATOR_HOST`` for the run and restores it after. Small measurement settings
+    keep a test's run short; ``extra`` adds arguments (e.g. ``--model builtin://digits-vlm``).
+    """
+    import json
+    import os
+
+    from vxdeploy.pipelines.cli import main as cli_main
+
+    config = workdir / "fakes.yaml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(fakes.config))
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = fakes.storage_address
+    try:
+        code = cli_main(
+            [
+                "run",
+                "--local",
+                "--api-endpoint",
+                fakes.vertex_address,
+                "--config",
+                str(config),
+                "--workdir",
+                str(workdir / "run"),
+                "--set",
+                "selection.batch_sizes=[1, 8]",
+                "--set",
+                "selection.min_seconds=0.05",
+                *extra,
+            ]
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
+    return code, json.loads((workdir / "run" / "report.json").read_text())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fakes.serve_fakes", description=__doc__.split("\n\n")[0]
