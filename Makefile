@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-PYTEST_ARGS ?=
+# `make test` runs the suite in TEST_WORKERS processes (pytest-xdist), each test file whole on one
+# worker so that a file's module-level runs happen once; TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?= $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 # The tested versions of everything (.ci/lock.py writes it; pyproject.toml has the ranges).
 LOCK := containers/constraints.txt
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(LOCK))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import site
@@ -184,6 +185,7 @@ def running_triton(
     backends = install.backends or prepare_backends(install, work / "backends")
     log_path = work / "tritonserver.log"
     http_port, grpc_port = free_port(), free_port()
+    shm_prefix = shared_memory_prefix()
     args = [
         str(install.binary),
         f"--model-repository={Path(model_repository).resolve()}",
@@ -196,6 +198,7 @@ def running_triton(
         "--disable-auto-complete-config",
         "--exit-on-error=true",
         "--exit-timeout-secs=5",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
     ]
     if cache_size_bytes > 0:
         args += [f"--cache-config=local,size={cache_size_bytes}", f"--cache-directory={install.caches}"]
@@ -217,12 +220,12 @@ def running_triton(
         # ending this process with the server and its stubs still running.
         with signals_raise((signal.SIGTERM,), only_default=True):
             _wait_ready(process, server, startup_timeout_s)
-            regions = _shared_memory_regions(process.pid)
+            regions = _shared_memory_regions(process.pid, shm_prefix)
             yield server
     finally:
         # Stopped while starting (or killed) a server leaves its stubs' shared memory behind: note
         # the regions its stubs use before they go, and remove what is left after.
-        regions += _shared_memory_regions(process.pid)
+        regions += _shared_memory_regions(process.pid, shm_prefix)
         _stop(process)
         log.close()
         for region in set(regions):
@@ -231,7 +234,16 @@ def running_triton(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _shared_memory_regions(server_pid: int) -> list[str]:
+def shared_memory_prefix() -> str:
+    """A prefix of one server's own for its Python-backend shared-memory regions.
+
+    Under the backend's default prefix, servers started on one machine at once (two runs, parallel
+    test workers) can map each other's regions: requests and statistics then cross between them.
+    """
+    return f"vxdeploy_{os.getpid()}_{secrets.token_hex(4)}_"
+
+
+def _shared_memory_regions(server_pid: int, prefix: str) -> list[str]:
     """The ``/dev/shm`` regions the server's Python stubs use (named on each stub's command line)."""
     regions: list[str] = []
     for pid in child_processes(server_pid):
@@ -239,11 +251,8 @@ def _shared_memory_regions(server_pid: int) -> list[str]:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        regions += [a.decode() for a in args if a.startswith(_SHM_PREFIX) and b"/" not in a]
+        regions += [a.decode() for a in args if a.startswith(prefix.encode()) and b"/" not in a]
     return regions
-
-
-_SHM_PREFIX = b"triton_python_backend_shm_region_"
 
 
 def _wait_ready(process: subprocess.Popen[bytes], server: RunningTriton, timeout_s: float) -> None:

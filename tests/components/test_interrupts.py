@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,6 +144,10 @@ def test_ctrl_c_during_calibration_stops_the_run_cleanly(start_run: Callable[[li
     _assert_clean_interrupt(run, started, seconds, code, "calibrate")
 
 
+_SHM_REGION = re.compile(r"vxdeploy_\d+_[0-9a-f]{8}_")
+"""A stub's shared-memory region: under its server's own prefix (tritonserver.shared_memory_prefix)."""
+
+
 def test_sigterm_during_the_serve_check_ends_tritonserver_and_its_stub(
     start_run: Callable[[list[str]], Run],
 ) -> None:
@@ -162,7 +167,7 @@ def test_sigterm_during_the_serve_check_ends_tritonserver_and_its_stub(
     def serving() -> bool:  # the server and a stub that already holds its shared-memory region
         names = [_cmdline(pid) for pid in child_processes(run.process.pid)]
         return any("tritonserver" in n for n in names) and any(
-            "triton_python_backend_stub" in n and "triton_python_backend_shm_region_" in n for n in names
+            "triton_python_backend_stub" in n and any(_SHM_REGION.match(a) for a in n.split()) for n in names
         )
 
     _wait_for(serving, run)
@@ -170,7 +175,7 @@ def test_sigterm_during_the_serve_check_ends_tritonserver_and_its_stub(
         arg
         for pid in child_processes(run.process.pid)
         for arg in _cmdline(pid).split()
-        if arg.startswith("triton_python_backend_shm_region_")
+        if _SHM_REGION.match(arg)
     ]
 
     # a service manager's stop: SIGTERM to the CLI only, not to its group

@@ -50,12 +50,12 @@ FAST = {
 """Small measurement settings and a short INT8 fallback: the zoo tests check shapes and numbers
 (INT8 may be refused), not speed; tests/unit/test_calibration*.py cover the fallback."""
 
-_TRANSFORMER = {"quantization.method": "max"}
+_MAX_CALIBRATION = {"quantization.method": "max"}
 PER_MODEL: dict[str, dict[str, Any]] = {
     # The kwargs + ModelOutput encoder also builds AOT Inductor: its build check and its Triton
     # Python-backend model must call the program by keyword and flatten the ModelOutput.
     "bert_encoder": {
-        **_TRANSFORMER,
+        **_MAX_CALIBRATION,
         "compilation.candidates": [
             "onnxruntime_fp32",
             "onnxruntime_int8",
@@ -63,11 +63,13 @@ PER_MODEL: dict[str, dict[str, Any]] = {
             "aoti",
         ],
     },
-    "vit_classifier": _TRANSFORMER,
+    "vit_classifier": _MAX_CALIBRATION,
     # Fifty layers of FP32 reassociation: a few of 32000 logits differ by 2e-4 (cosine 1.0).
-    "resnet50": {"export.atol": 1e-3},
-    "minilm_sentence_embedding": _TRANSFORMER,
-    "minilm_onnx": _TRANSFORMER,
+    # Max calibration: entropy's histograms over ~120 activations cost ~80 s here, and the
+    # random-init backbone misses the gate either way (tests/unit/test_calibration*.py cover entropy).
+    "resnet50": {"export.atol": 1e-3, **_MAX_CALIBRATION, "quantization.sensitivity_candidates": 2},
+    "minilm_sentence_embedding": _MAX_CALIBRATION,
+    "minilm_onnx": _MAX_CALIBRATION,
 }
 
 

@@ -172,6 +172,20 @@ def _monitoring_fake(project: str) -> Iterator[tuple[str, Any]]:
         yield fake.address, monitoring_sink(fake.address, project)
 
 
+ROLLOUT_TEST_SETTINGS = (
+    "selection.batch_sizes=[1, 8]",
+    "selection.min_iterations=5",
+    "selection.min_seconds=0.05",
+    "selection.max_eval_samples=128",
+    "compilation.candidates=[onnxruntime_fp32, onnxruntime_int8]",
+    "triton.serve_check_sweep=[1, 16]",
+    "triton.serve_check_sweep_window_s=0.5",
+)
+"""What a rollout test's run measures: enough to pick a candidate and pass the serve check, not
+to time it (the rollout is what these tests check; selection's and the serve check's own tests
+time at the defaults). AOT Inductor's CPU build is left out: tests/unit/test_aoti.py covers it."""
+
+
 def run_local_rollout(fakes: RunningFakes, workdir: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     """``vxdeploy run --local`` against ``fakes`` (config, API endpoint, GCS emulator): its rc and report.
 
@@ -199,10 +213,7 @@ def run_local_rollout(fakes: RunningFakes, workdir: Path, *extra: str) -> tuple[
                 str(config),
                 "--workdir",
                 str(workdir / "run"),
-                "--set",
-                "selection.batch_sizes=[1, 8]",
-                "--set",
-                "selection.min_seconds=0.05",
+                *(arg for setting in ROLLOUT_TEST_SETTINGS for arg in ("--set", setting)),
                 *extra,
             ]
         )
