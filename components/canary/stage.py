@@ -81,7 +81,11 @@ def run(
         deploy_cfg.project, api_endpoint=canary_cfg.monitoring_endpoint, retry=api.retry
     )
     rep = StageReport("canary")
-    samples = load_samples(eval_data.path)
+    # As requests carry them: an input of one scalar per sample travels as [batch, 1].
+    samples = {
+        k: v.reshape(*v.shape, 1) if k in model_meta.scalarInputs else v
+        for k, v in load_samples(eval_data.path).items()
+    }
     smoke: Callable[..., SmokeResult] = smoke_test
     if model_meta.generation:
         # A generation model: the smoke test and every window also compare the captions it streams.

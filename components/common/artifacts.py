@@ -346,6 +346,10 @@ class TritonRepository(ArtifactMetadata):
     generation: dict[str, Any] | None = Field(
         default=None, description="GenerationSpec.to_dict() of a generation model (components/generation)."
     )
+    scalar_inputs: list[str] = Field(
+        default_factory=list,
+        description="Inputs of model_name holding one scalar per sample: clients send them as [batch, 1].",
+    )
 
 
 class VertexModel(ArtifactMetadata):
@@ -368,6 +372,10 @@ class VertexModel(ArtifactMetadata):
     invokeRoute: bool = Field(default=False, description="Requests reach the model through the invoke route.")
     generation: dict[str, Any] | None = Field(
         default=None, description="A generation model's GenerationSpec (its generator streams captions)."
+    )
+    scalarInputs: list[str] = Field(
+        default_factory=list,
+        description="Inputs holding one scalar per sample, which requests carry as [batch, 1].",
     )
 
 

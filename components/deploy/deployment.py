@@ -57,6 +57,8 @@ class DeploymentResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     upload: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] | None = None
+    scalar_inputs: list[str] = field(default_factory=list)
+    """Inputs requests carry as [batch, 1] (one scalar per sample; the repository's ``scalar_inputs``)."""
 
     @property
     def deployed_model_id(self) -> str:
@@ -302,6 +304,7 @@ def deploy_to_endpoint(
         timings_s=timings,
         upload=upload_info,
         generation=generation,
+        scalar_inputs=[str(n) for n in metadata.get("scalar_inputs") or []],
     )
 
 

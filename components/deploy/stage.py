@@ -83,6 +83,7 @@ def write_artifacts(
         predictRoute=container.predict_route,
         invokeRoute=result.invoke_route,
         generation=result.generation,
+        scalarInputs=result.scalar_inputs,
     ).write(vertex_model)
     vertex_endpoint.uri = _uri(cfg, result.endpoint.name)
     VertexEndpoint(

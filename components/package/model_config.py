@@ -84,6 +84,35 @@ def triton_dims(spec: TensorSpec, *, batched: bool) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in shape]
 
 
+def _scalar_elements(tensor: mc.ModelInput | mc.ModelOutput) -> None:
+    """Give a tensor whose elements are scalars (shape ``[batch]``) Triton's ``dims: [1]`` + ``reshape {}``.
+
+    Triton refuses empty ``dims``; its documented form for a model taking or returning one scalar per
+    sample is ``dims: [ 1 ]`` with ``reshape: { shape: [ ] }``: clients send and receive
+    ``[batch, 1]``, the model sees ``[batch]``. :func:`to_wire` and :func:`from_wire` convert.
+    """
+    if not tensor.dims:
+        tensor.dims.append(1)
+        tensor.reshape.SetInParent()
+
+
+def scalar_elements(tensor: mc.ModelInput | mc.ModelOutput) -> bool:
+    """Whether clients carry this tensor with a trailing ``1`` the model does not see (``reshape {}``)."""
+    return tensor.HasField("reshape") and not tensor.reshape.shape and list(tensor.dims) == [1]
+
+
+def to_wire(array: np.ndarray, tensor: mc.ModelInput | mc.ModelOutput) -> np.ndarray:
+    """``array`` (the model's shape) as a Triton client sends it for ``tensor``."""
+    return array.reshape(*array.shape, 1) if scalar_elements(tensor) else array
+
+
+def from_wire(array: np.ndarray, tensor: mc.ModelInput | mc.ModelOutput) -> np.ndarray:
+    """A Triton answer for ``tensor`` in the model's own shape (the trailing ``1`` of scalars dropped)."""
+    if scalar_elements(tensor) and array.shape[-1:] == (1,):
+        return array.reshape(array.shape[:-1])
+    return array
+
+
 def check_batchable(signature: ModelSignature, max_batch_size: int) -> None:
     """Raise when Triton should batch a model whose tensors do not all start with the batch dim."""
     if max_batch_size == 0:
@@ -148,17 +177,21 @@ def build_model_config(
     else:
         config.backend = backend
     for spec in signature.inputs:
-        config.input.add(
-            name=spec.name,
-            data_type=triton_dtype(spec.dtype, tensor=spec.name),
-            dims=triton_dims(spec, batched=batched),
-            optional=spec.name in optional_inputs,
+        _scalar_elements(
+            config.input.add(
+                name=spec.name,
+                data_type=triton_dtype(spec.dtype, tensor=spec.name),
+                dims=triton_dims(spec, batched=batched),
+                optional=spec.name in optional_inputs,
+            )
         )
     for spec in signature.outputs:
-        config.output.add(
-            name=spec.name,
-            data_type=triton_dtype(spec.dtype, tensor=spec.name),
-            dims=triton_dims(spec, batched=batched),
+        _scalar_elements(
+            config.output.add(
+                name=spec.name,
+                data_type=triton_dtype(spec.dtype, tensor=spec.name),
+                dims=triton_dims(spec, batched=batched),
+            )
         )
     if triton.version_policy == "all":
         config.version_policy.all.SetInParent()
@@ -196,7 +229,7 @@ def _add_warmup(
         for spec in signature.inputs:
             element = spec.concrete_shape(1)[1:] if batched else spec.concrete_shape(1)
             sample.inputs[spec.name].data_type = triton_dtype(spec.dtype, tensor=spec.name)
-            sample.inputs[spec.name].dims.extend(element)
+            sample.inputs[spec.name].dims.extend(element or (1,))  # a scalar as [1]: _scalar_elements
             sample.inputs[spec.name].input_data_file = files[spec.name]
 
 

@@ -31,7 +31,12 @@ from vxdeploy.components.common.config import TritonConfig
 from vxdeploy.components.common.data import Dataset
 from vxdeploy.components.common.errors import CandidateUnavailable, ModelIntakeError
 from vxdeploy.components.common.signature import ModelSignature
-from vxdeploy.components.package.model_config import read_model_config, write_model_config
+from vxdeploy.components.package.model_config import (
+    from_wire,
+    read_model_config,
+    to_wire,
+    write_model_config,
+)
 from vxdeploy.components.package.repository import LAYOUTS, MODEL_REPOSITORY_DIR, write_python_model
 from vxdeploy.components.package.serve_sweep import (
     StatisticsNotSettled,
@@ -245,7 +250,7 @@ def _send(
         k = i % len(samples)
         inputs = []
         for t in config.input:
-            array = np.ascontiguousarray(samples.inputs[t.name][k : k + 1])
+            array = to_wire(np.ascontiguousarray(samples.inputs[t.name][k : k + 1]), t)
             item = grpcclient.InferInput(t.name, list(array.shape), wire_dtype(t.data_type))
             item.set_data_from_numpy(array)
             inputs.append(item)
@@ -257,7 +262,7 @@ def _send(
         except InferenceServerException as exc:
             return _Answer(i, {}, time.perf_counter() - start, str(exc))
         latency = time.perf_counter() - start
-        return _Answer(i, {n: result.as_numpy(n) for n in output_names}, latency)
+        return _Answer(i, {t.name: from_wire(result.as_numpy(t.name), t) for t in config.output}, latency)
 
     start = time.perf_counter()
     try:

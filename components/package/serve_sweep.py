@@ -36,7 +36,7 @@ from vxdeploy.components.common.config import TritonConfig
 from vxdeploy.components.common.data import Dataset
 from vxdeploy.components.common.errors import InternalError
 from vxdeploy.components.common.stage import markdown_table
-from vxdeploy.components.package.model_config import read_model_config, write_model_config
+from vxdeploy.components.package.model_config import read_model_config, to_wire, write_model_config
 
 SWEEP_SUFFIXES = {"off": "__batching_off", "on": "__batching_on"}
 MEASURED_WITH = (
@@ -395,7 +395,7 @@ def _prepared_requests(config: mc.ModelConfig, samples: Dataset) -> list[list[An
     for k in range(len(samples)):
         inputs = []
         for t in config.input:
-            array = np.ascontiguousarray(samples.inputs[t.name][k : k + 1])
+            array = to_wire(np.ascontiguousarray(samples.inputs[t.name][k : k + 1]), t)
             item = grpcclient.InferInput(t.name, list(array.shape), wire_dtype(t.data_type))
             item.set_data_from_numpy(array)
             inputs.append(item)

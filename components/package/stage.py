@@ -34,7 +34,7 @@ from vxdeploy.components.cost.measured import local_cpu_description, vertex_acce
 from vxdeploy.components.cost.served import served_cost
 from vxdeploy.components.generation.spec import is_generation
 from vxdeploy.components.package.manifest import MANIFEST_FILE, verify_manifest
-from vxdeploy.components.package.model_config import CONFIG_FILE, config_text
+from vxdeploy.components.package.model_config import CONFIG_FILE, config_text, scalar_elements
 from vxdeploy.components.package.repository import (
     MODEL_REPOSITORY_DIR,
     TritonRepository,
@@ -89,6 +89,7 @@ def repository_metadata(
         gpu_name=selected.gpu_name,
         compute_capability=selected.compute_capability,
         versions=selected.versions,
+        scalar_inputs=[t.name for t in default.input if scalar_elements(t)],
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -151,6 +152,29 @@ class RunningTriton:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def log_errors(self, limit: int = 10) -> list[str]:
+        """The log's error lines (glog ``E<date>``), without the CUDA-driver one every CPU machine logs."""
+        if not self.log_path.is_file():
+            return []
+        errors = [
+            line
+            for line in self.log_path.read_text(errors="replace").splitlines()
+            if re.match(r"E\d{4} ", line) and "CudaDriverHelper has not been initialized" not in line
+        ]
+        return errors[:limit]
+
+    def failure_text(self) -> str:
+        """Why the server failed: its first error's message, then its error lines and the log's tail.
+
+        The first line names the cause (``model output 'label' must specify 'dims'``), not the
+        status tables the log ends with.
+        """
+        errors = self.log_errors()
+        if not errors:
+            return "\n" + self.log_tail()
+        first = errors[0].split("] ", 1)[-1].strip().strip('"')
+        return f"{first}\nerrors:\n" + "\n".join(errors) + "\nlog tail:\n" + self.log_tail()
+
 
 @contextmanager
 def running_triton(
@@ -264,8 +288,8 @@ def _wait_ready(process: subprocess.Popen[bytes], server: RunningTriton, timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise TritonStartError(
-                    f"tritonserver exited with code {process.returncode} before it was ready:\n"
-                    f"{server.log_tail()}"
+                    f"tritonserver exited with code {process.returncode} before it was ready: "
+                    f"{server.failure_text()}"
                 )
             try:
                 if client.is_server_ready():
@@ -275,7 +299,7 @@ def _wait_ready(process: subprocess.Popen[bytes], server: RunningTriton, timeout
             time.sleep(0.2)
     finally:
         client.close()
-    raise TritonStartError(f"tritonserver was not ready after {timeout_s:.0f} s:\n{server.log_tail()}")
+    raise TritonStartError(f"tritonserver was not ready after {timeout_s:.0f} s: {server.failure_text()}")
 
 
 def _stop(process: subprocess.Popen[bytes], grace_s: float = 1.0) -> None:

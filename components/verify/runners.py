@@ -217,19 +217,27 @@ class TritonRunner:
         self._model = model_name
         self._grpc = grpcclient
         self._client = grpcclient.InferenceServerClient(url=url)
+        # The served config says how each tensor travels (a scalar per sample as [batch, 1]).
+        config = self._client.get_model_config(model_name).config
+        self._tensors = {t.name: t for t in (*config.input, *config.output)}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from tritonclient.utils import np_to_triton_dtype
 
+        from vxdeploy.components.package.model_config import from_wire, to_wire
+
         inputs = []
         for spec in self._signature.inputs:
             arr = np.ascontiguousarray(feeds[spec.name])
+            if spec.name in self._tensors:
+                arr = to_wire(arr, self._tensors[spec.name])
             inp = self._grpc.InferInput(spec.name, list(arr.shape), np_to_triton_dtype(arr.dtype))
             inp.set_data_from_numpy(arr)
             inputs.append(inp)
         outputs = [self._grpc.InferRequestedOutput(n) for n in self.output_names]
         result = self._client.infer(self._model, inputs, outputs=outputs)
-        return {n: np.asarray(result.as_numpy(n)) for n in self.output_names}
+        answers = {n: np.asarray(result.as_numpy(n)) for n in self.output_names}
+        return {n: from_wire(a, self._tensors[n]) if n in self._tensors else a for n, a in answers.items()}
 
     def close(self) -> None:
         self._client.close()

@@ -507,3 +507,28 @@ def test_report_lists_each_steps_figures_as_table_rows(
         (50, 1000, 40.0, "pass"),
         (100, 1000, 40.0, "pass"),
     ]
+
+
+def test_the_smoke_test_sends_a_scalar_per_sample_input_as_batch_by_1(
+    fake: FakeVertex, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    # Given a repository whose model takes one scalar per sample ("price": config dims [1] + reshape)
+    harness = RolloutHarness(fake, tmp_path)
+    harness.repository.metadata["scalar_inputs"] = ["price"]
+    np.savez(
+        tmp_path / "eval.npz", price=np.arange(4, dtype=np.float32), features=np.ones((4, 3), np.float32)
+    )
+    deployed = harness.deploy("run-1")
+
+    # When the canary's smoke test runs
+    harness.run_canary("run-1", deployed, InMemoryMetrics(default=HEALTHY))
+
+    # Then every request carried price as [1, 1] (what Triton's config takes) and features as is
+    shapes = [
+        {t["name"]: t["shape"] for t in c.body["inputs"]}
+        for c in fake.calls
+        if isinstance(c.body, dict) and isinstance(c.body.get("inputs"), list)
+    ]
+    assert shapes and all(s == {"price": [1, 1], "features": [1, 3]} for s in shapes), shapes

@@ -269,3 +269,35 @@ def test_auto_instance_kind_follows_the_deployment_accelerator(
 def test_preferred_batch_sizes_above_max_batch_size_are_rejected_naming_the_field() -> None:
     with pytest.raises(ConfigError, match=r"preferred_batch_sizes \[64\] exceed max_batch_size 32"):
         parse_section(TritonConfig, {"dynamic_batching": {"preferred_batch_sizes": [8, 64]}}, "triton")
+
+
+def test_a_scalar_per_sample_travels_as_dims_1_reshaped_to_the_models_scalar() -> None:
+    from vxdeploy.components.package.model_config import build_model_config, from_wire, to_wire
+
+    # Given a model taking and returning one scalar per sample (shape [batch]) beside a vector
+    signature = ModelSignature(
+        inputs=(TensorSpec("item_id", "int64", ("batch",)), TensorSpec("features", "float32", ("batch", 4))),
+        outputs=(TensorSpec("bucket", "int64", ("batch",)),),
+    )
+
+    # When its config is built (batched, and not)
+    batched = build_model_config("model", signature, TritonConfig(), platform="onnxruntime_onnx")
+    unbatched = build_model_config(
+        "model", signature, TritonConfig(), platform="onnxruntime_onnx", max_batch_size=0
+    )
+
+    # Then Triton's form for scalars: dims [1] + an empty reshape; other tensors untouched
+    item, features = batched.input
+    (bucket,) = batched.output
+    assert list(item.dims) == [1] and item.HasField("reshape") and not item.reshape.shape
+    assert list(bucket.dims) == [1] and bucket.HasField("reshape")
+    assert list(features.dims) == [4] and not features.HasField("reshape")
+    assert parse_model_config(str(batched)) == batched
+    assert [list(t.dims) for t in unbatched.input] == [[-1], [-1, 4]]
+    assert not any(t.HasField("reshape") for t in unbatched.input)
+
+    # And clients send [batch, 1] and read answers back in the model's [batch]
+    ids = np.arange(5, dtype=np.int64)
+    assert to_wire(ids, item).shape == (5, 1)
+    assert from_wire(to_wire(ids, item), bucket).shape == (5,)
+    assert to_wire(np.zeros((5, 4), np.float32), features).shape == (5, 4)

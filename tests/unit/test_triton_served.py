@@ -101,6 +101,24 @@ def test_a_model_that_fails_to_load_stops_the_server_with_its_log(tmp_path: Path
             pass
 
 
+def test_a_config_triton_refuses_is_named_on_the_errors_first_line(tmp_path: Path) -> None:
+    # Given a model whose config Triton refuses (an output without dims), and a log that ends in
+    # status tables rather than the cause
+    model = tmp_path / "repo" / "model"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(
+        'name: "model"\nbackend: "python"\nmax_batch_size: 8\n'
+        'input { name: "x" data_type: TYPE_FP32 dims: 2 }\noutput { name: "label" data_type: TYPE_INT64 }\n'
+    )
+
+    # When the server starts, then the error's first line says why
+    with pytest.raises(TritonStartError) as raised:
+        with running_triton(tmp_path / "repo", install=INSTALL, startup_timeout_s=60):
+            pass
+    first = str(raised.value).splitlines()[0]
+    assert "model output 'label' must specify 'dims'" in first, first
+
+
 def test_the_server_is_stopped_when_the_code_using_it_fails(tmp_path: Path) -> None:
     repo = package_ensemble(
         [_affine_part(tmp_path, "scale")],

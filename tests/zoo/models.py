@@ -362,6 +362,55 @@ def resnet50_classifier(folder: Path, size: int = 32, n_calib: int = 64, n_eval:
     )
 
 
+class PriceModel(nn.Module):
+    """A tabular model of one scalar per column: an item id and a price in, a score and a bucket out."""
+
+    def __init__(self, items: int = 100, buckets: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(items, 8)
+        self.head = nn.Linear(9, buckets)
+
+    def forward(self, item_id: torch.Tensor, price: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.head(torch.cat([self.embed(item_id), price.unsqueeze(-1)], dim=-1))
+        return {"score": logits.logsumexp(-1), "bucket": logits.argmax(-1)}
+
+
+def scalar_columns(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooModel:
+    """Inputs and outputs of one scalar per sample (shape ``[batch]``), one of them an int64 argmax.
+
+    Triton refuses empty ``dims``: each such tensor must be packaged as ``dims: [1]`` with
+    ``reshape: {}``, and clients must send and read ``[batch, 1]``.
+    """
+    torch.manual_seed(0)
+    module = PriceModel().eval()
+    rng = np.random.default_rng(7)
+
+    def data(n: int) -> dict[str, np.ndarray]:
+        return {
+            "item_id": rng.integers(0, 100, n).astype(np.int64),
+            "price": rng.gamma(2.0, 5.0, n).astype(np.float32),
+        }
+
+    calib, evaluation = data(n_calib), data(n_eval)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    path = _export_kwargs(
+        module,
+        {k: torch.from_numpy(v[:2]) for k, v in calib.items()},
+        {"item_id": {0: batch}, "price": {0: batch}},
+        folder / "price.pt2",
+    )
+    return ZooModel(
+        name="scalar_columns",
+        weights="random",
+        model_path=path,
+        calibration_path=_save_npz(folder / "calibration.npz", calib),
+        eval_path=_save_npz(folder / "eval.npz", evaluation),
+        module=module,
+        inputs={"item_id": ("int64", [1]), "price": ("float32", [1])},
+        outputs={"score": ("float32", [1]), "bucket": ("int64", [1])},
+    )
+
+
 BUILDERS: dict[str, Callable[[Path], ZooModel]] = {
     "bert_encoder": bert_encoder,
     "vit_classifier": vit_classifier,
@@ -370,5 +419,6 @@ BUILDERS: dict[str, Callable[[Path], ZooModel]] = {
     "minilm_sentence_embedding": minilm_sentence_embedding,
     "minilm_onnx": lambda folder: minilm_sentence_embedding(folder, onnx=True),
     "resnet50": resnet50_classifier,
+    "scalar_columns": scalar_columns,
 }
 """Every zoo model by name; a test fails when a builder here has no end-to-end test."""
