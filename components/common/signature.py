@@ -111,6 +111,19 @@ class ModelSignature:
     batch), recorded at intake: the default of ``compilation.dim_profiles``."""
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch a model without a dynamic batch dim is called with (None: its batch is dynamic).
+
+        The inputs' one static leading dim (a program exported from one example without
+        ``dynamic_shapes`` has 1); 1 when they disagree or have none.
+        """
+        if all(spec.batched for spec in self.inputs):
+            return None
+        first = {spec.shape[0] for spec in self.inputs if spec.shape}
+        static = [d for d in first if isinstance(d, int)]
+        return static[0] if len(static) == 1 and len(first) == 1 else 1
+
     def call_arguments(self, values: Mapping[str, T]) -> tuple[list[T], dict[str, T]]:
         """``values`` (by input name) split into the positional and keyword arguments of a model call.
 

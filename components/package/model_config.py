@@ -123,7 +123,9 @@ def check_batchable(signature: ModelSignature, max_batch_size: int) -> None:
                 "triton.max_batch_size",
                 max_batch_size,
                 f"tensor {t.name!r} has shape {list(t.shape)}, without the dynamic batch dim first, "
-                "so Triton cannot batch this model; set triton.max_batch_size=0",
+                "so Triton cannot batch this model; re-export it with a dynamic batch dim "
+                "(torch.export.export(..., dynamic_shapes={<input>: {0: torch.export.Dim('batch')}})) "
+                "or set triton.max_batch_size=0 to serve it unbatched",
             )
 
 

@@ -198,7 +198,8 @@ def reference_outputs(
 ) -> dict[str, np.ndarray]:
     """The source model's outputs for ``inputs``, by output name.
 
-    PyTorch eager, called the way its program's in_spec says, or ONNX Runtime for ONNX sources.
+    PyTorch eager, called the way its program's in_spec says, or ONNX Runtime for ONNX sources;
+    all in one batch, or in batches of the model's fixed batch when its batch is not dynamic.
     """
     if model_format not in ("torch_export", "torchscript", "onnx"):
         raise ModelIntakeError(
@@ -207,6 +208,9 @@ def reference_outputs(
     kind = "onnxruntime" if model_format == "onnx" else model_format
     runner = open_runner(kind, model_file, signature, name="serve_check_reference")
     try:
+        fixed = signature.fixed_batch
+        if fixed is not None:
+            return run_batches(runner, inputs, (fixed,), fixed_batch=True)
         return run_batches(runner, inputs, (max(len(next(iter(inputs.values()))), 1),))
     finally:
         runner.close()

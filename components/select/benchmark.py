@@ -411,11 +411,8 @@ class CandidateFigures:
 
 def evaluation_batch_sizes(signature: ModelSignature, cfg: SelectionConfig) -> list[int]:
     """The batch sizes to time: the configured ones, or the model's fixed batch when it has no dynamic one."""
-    if all(spec.batched for spec in signature.inputs):
-        return list(cfg.batch_sizes)
-    first = {spec.shape[0] for spec in signature.inputs if spec.shape}
-    static = [d for d in first if isinstance(d, int)]
-    return [static[0]] if len(static) == 1 and len(first) == 1 else [1]
+    fixed = signature.fixed_batch
+    return list(cfg.batch_sizes) if fixed is None else [fixed]
 
 
 def batch_feeds(dataset: Dataset, batch_size: int) -> dict[str, np.ndarray]:

@@ -23,7 +23,13 @@ import numpy as np
 from vxdeploy.components.common import images
 from vxdeploy.components.common.config import ModelConfig, RunConfig
 from vxdeploy.components.common.data import Dataset
-from vxdeploy.components.common.errors import ModelIntakeError, RolloutConflictError, UserError, VxdeployError
+from vxdeploy.components.common.errors import (
+    ConfigError,
+    ModelIntakeError,
+    RolloutConflictError,
+    UserError,
+    VxdeployError,
+)
 from vxdeploy.components.common.signature import ModelSignature, TensorSpec
 from vxdeploy.components.validate.image_registry import ImageStatus, check_image
 
@@ -200,6 +206,7 @@ def _check_inputs(config: RunConfig, tmp: Path, report: ValidationReport) -> Non
         f"{len(result.evaluation)} evaluation samples fit its signature",
     )
     _check_parts(config, tmp, report)
+    _check_batching(config, result.signature, report)
     _check_labels(config, result.evaluation, result.signature, report)
     _check_calibration_count(config, result.calibration, result.signature, report)
 
@@ -248,6 +255,16 @@ def _check_parts(config: RunConfig, tmp: Path, report: ValidationReport) -> None
             )
             continue
         report.add(f"model part {part.name}", "passed")
+
+
+def _check_batching(config: RunConfig, signature: ModelSignature, report: ValidationReport) -> None:
+    """A model exported with a fixed batch cannot be batched by Triton: say so before optimizing it."""
+    from vxdeploy.components.package.model_config import check_batchable
+
+    try:
+        check_batchable(signature, config.triton.max_batch_size)
+    except ConfigError as exc:
+        report.fail("batching", exc)
 
 
 def _check_labels(

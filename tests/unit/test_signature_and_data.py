@@ -122,3 +122,20 @@ def test_dataset_save_is_atomic_and_round_trips(tmp_path: Path) -> None:
 
     assert list(tmp_path.iterdir()) == [tmp_path / "x.npz"]
     assert again.labels is not None and again.labels.tolist() == [1, 2]
+
+
+def test_a_program_exported_without_dynamic_shapes_is_referenced_at_its_fixed_batch(tmp_path: Path) -> None:
+    from vxdeploy.components.package.serve_check import reference_outputs
+
+    # Given a program exported from one example, without dynamic_shapes: its batch is fixed at 1
+    model = torch.nn.Linear(10, 4).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 10),)), tmp_path / "fixed.pt2")
+    signature = signature_from_exported_program(torch.export.load(tmp_path / "fixed.pt2"))
+    inputs = {"input": np.random.default_rng(0).random((5, 10), dtype=np.float32)}
+
+    # Then its fixed batch is known, and the serve check's reference calls it one sample at a time
+    assert signature.fixed_batch == 1
+    out = reference_outputs(tmp_path / "fixed.pt2", "torch_export", signature, inputs)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(inputs["input"])).numpy()
+    np.testing.assert_allclose(out["output"], expected, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,7 @@ from vxdeploy.components.cloud.labels import MANAGED_BY_KEY, MANAGED_BY_VALUE
 from vxdeploy.components.cloud.lease import EXPIRES_KEY, HOLDER_KEY
 from vxdeploy.components.common import images
 from vxdeploy.components.common.config import RunConfig, parse_config
-from vxdeploy.components.common.errors import RolloutConflictError
+from vxdeploy.components.common.errors import ConfigError, RolloutConflictError
 from vxdeploy.components.validate.checks import ImageUnavailableError, RunValidationError, validate_run
 from vxdeploy.components.validate.image_registry import ImageRef, check_image
 from vxdeploy.pipelines.cli import main
@@ -334,3 +334,27 @@ def test_machine_and_gpu_pairs_vertex_ai_serves_on_are_accepted(
     )
 
     assert config.deployment.machine_type == machine
+
+
+def test_a_model_exported_with_a_fixed_batch_is_refused_before_any_work(tmp_path: Path) -> None:
+    import torch
+
+    # given a model exported the quick way: one example, no dynamic_shapes, so its batch is fixed at 1
+    model = torch.nn.Sequential(torch.nn.Linear(10, 4)).eval()
+    torch.export.save(torch.export.export(model, (torch.zeros(1, 10),)), tmp_path / "fixed.pt2")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "cal.npz", input=rng.random((600, 10), dtype=np.float32))
+    np.savez(tmp_path / "eval.npz", input=rng.random((64, 10), dtype=np.float32))
+    data = {"calibration_uri": str(tmp_path / "cal.npz"), "eval_uri": str(tmp_path / "eval.npz")}
+    config = parse_config({"model": {"uri": str(tmp_path / "fixed.pt2")}, "data": data})
+
+    # when the run is validated, then the batching problem is named with both fixes
+    with pytest.raises(ConfigError) as err:
+        validate_run(config).raise_if_failed()
+    message = str(err.value)
+    assert "triton.max_batch_size=32" in message and "'input' has shape [1, 10]" in message
+    assert "dynamic_shapes" in message and "triton.max_batch_size=0" in message
+
+    # and serving it unbatched is accepted
+    config.triton.max_batch_size = 0
+    assert validate_run(config).ok

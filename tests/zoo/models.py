@@ -362,6 +362,81 @@ def resnet50_classifier(folder: Path, size: int = 32, n_calib: int = 64, n_eval:
     )
 
 
+def bert_torchscript(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooModel:
+    """The BERT-style encoder as Hugging Face's TorchScript recipe makes it: ``BertConfig(torchscript=True)``
+    traced with ``torch.jit.trace(..., strict=False)``: positional ``input_ids`` and ``attention_mask``
+    (their names given in ``model.inputs``), the ``ModelOutput`` traced as a dict."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=2000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        torchscript=True,
+    )
+    module = BertModel(config).eval()
+    calib, evaluation = token_data(n_calib, SEQ, 2000, 1), token_data(n_eval, SEQ, 2000, 2)
+    example = tuple(torch.from_numpy(calib[k][:2]) for k in ("input_ids", "attention_mask"))
+    path = folder / "bert.pt"
+    torch.jit.save(torch.jit.trace(module, example, strict=False), str(path))
+    return ZooModel(
+        name="bert_torchscript",
+        weights="random",
+        model_path=path,
+        calibration_path=_save_npz(folder / "calibration.npz", calib),
+        eval_path=_save_npz(folder / "eval.npz", evaluation),
+        module=module,
+        inputs={"input_ids": ("int64", [-1]), "attention_mask": ("int64", [-1])},
+        outputs={"last_hidden_state": ("float32", [-1, 64]), "pooler_output": ("float32", [64])},
+        overrides={
+            "model.task": "embedding",
+            "model.inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
+                {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "seq"]},
+            ],
+        },
+        keyword=False,
+    )
+
+
+class CausalLM(nn.Module):
+    """A GPT-2 style language model called with ``input_ids`` / ``attention_mask``, returning its
+    ``CausalLMOutputWithCrossAttentions`` (per-token ``logits``, no cache)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+def gpt2_lm(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooModel:
+    """A GPT-2 style causal LM (random init): a 3-D output, ``[batch, seq, vocab]``, seq dynamic."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=2000, n_positions=64, n_embd=64, n_layer=2, n_head=4, use_cache=False)
+    module = CausalLM(GPT2LMHeadModel(config)).eval()
+    calib, evaluation = token_data(n_calib, SEQ, 2000, 1), token_data(n_eval, SEQ, 2000, 2)
+    example = {k: torch.from_numpy(v[:2]) for k, v in calib.items()}
+    path = _export_kwargs(module, example, _text_dynamic(64), folder / "gpt2.pt2")
+    return ZooModel(
+        name="gpt2_lm",
+        weights="random",
+        model_path=path,
+        calibration_path=_save_npz(folder / "calibration.npz", calib),
+        eval_path=_save_npz(folder / "eval.npz", evaluation),
+        module=module,
+        inputs={"input_ids": ("int64", [-1]), "attention_mask": ("int64", [-1])},
+        outputs={"logits": ("float32", [-1, 2000])},
+    )
+
+
 class PriceModel(nn.Module):
     """A tabular model of one scalar per column: an item id and a price in, a score and a bucket out."""
 
@@ -413,6 +488,8 @@ def scalar_columns(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooMod
 
 BUILDERS: dict[str, Callable[[Path], ZooModel]] = {
     "bert_encoder": bert_encoder,
+    "bert_torchscript": bert_torchscript,
+    "gpt2_lm": gpt2_lm,
     "vit_classifier": vit_classifier,
     "two_head": two_head,
     "two_head_torchscript": lambda folder: two_head(folder, torchscript=True),
