@@ -84,7 +84,7 @@ def triton_dims(spec: TensorSpec, *, batched: bool) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in shape]
 
 
-def _scalar_elements(tensor: mc.ModelInput | mc.ModelOutput) -> None:
+def _dims_for_scalar_elements(tensor: mc.ModelInput | mc.ModelOutput) -> None:
     """Give a tensor whose elements are scalars (shape ``[batch]``) Triton's ``dims: [1]`` + ``reshape {}``.
 
     Triton refuses empty ``dims``; its documented form for a model taking or returning one scalar per
@@ -179,7 +179,7 @@ def build_model_config(
     else:
         config.backend = backend
     for spec in signature.inputs:
-        _scalar_elements(
+        _dims_for_scalar_elements(
             config.input.add(
                 name=spec.name,
                 data_type=triton_dtype(spec.dtype, tensor=spec.name),
@@ -188,7 +188,7 @@ def build_model_config(
             )
         )
     for spec in signature.outputs:
-        _scalar_elements(
+        _dims_for_scalar_elements(
             config.output.add(
                 name=spec.name,
                 data_type=triton_dtype(spec.dtype, tensor=spec.name),
@@ -231,7 +231,9 @@ def _add_warmup(
         for spec in signature.inputs:
             element = spec.concrete_shape(1)[1:] if batched else spec.concrete_shape(1)
             sample.inputs[spec.name].data_type = triton_dtype(spec.dtype, tensor=spec.name)
-            sample.inputs[spec.name].dims.extend(element or (1,))  # a scalar as [1]: _scalar_elements
+            sample.inputs[spec.name].dims.extend(
+                element or (1,)
+            )  # a scalar as [1]: _dims_for_scalar_elements
             sample.inputs[spec.name].input_data_file = files[spec.name]
 
 

@@ -105,21 +105,32 @@ def _text_dynamic(seq_max: int = 512) -> dict[str, dict[int, Any]]:
     return {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
 
 
-def bert_encoder(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooModel:
-    """A BERT-style encoder (random init) called with ``input_ids`` / ``attention_mask`` kwargs,
-    returning its ``ModelOutput`` (``last_hidden_state``, ``pooler_output``): an embedding model."""
-    from transformers import BertConfig, BertModel
+TEXT_INPUTS = {"input_ids": ("int64", [-1]), "attention_mask": ("int64", [-1])}
+"""The ``config.pbtxt`` inputs of every token model here: ids and mask, the sequence dynamic."""
 
-    torch.manual_seed(0)
-    config = BertConfig(
+
+def tiny_bert_config(**extra: Any) -> Any:
+    """The small BERT layout (vocabulary 2000, hidden 64, two layers) the zoo's encoders share."""
+    from transformers import BertConfig
+
+    return BertConfig(
         vocab_size=2000,
         hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=128,
         max_position_embeddings=128,
+        **extra,
     )
-    module = BertModel(config).eval()
+
+
+def bert_encoder(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooModel:
+    """A BERT-style encoder (random init) called with ``input_ids`` / ``attention_mask`` kwargs,
+    returning its ``ModelOutput`` (``last_hidden_state``, ``pooler_output``): an embedding model."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    module = BertModel(tiny_bert_config()).eval()
     calib, evaluation = token_data(n_calib, SEQ, 2000, 1), token_data(n_eval, SEQ, 2000, 2)
     example = {k: torch.from_numpy(v[:2]) for k, v in calib.items()}
     path = _export_kwargs(module, example, _text_dynamic(128), folder / "bert.pt2")
@@ -130,7 +141,7 @@ def bert_encoder(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooModel
         calibration_path=_save_npz(folder / "calibration.npz", calib),
         eval_path=_save_npz(folder / "eval.npz", evaluation),
         module=module,
-        inputs={"input_ids": ("int64", [-1]), "attention_mask": ("int64", [-1])},
+        inputs=TEXT_INPUTS,
         outputs={"last_hidden_state": ("float32", [-1, 64]), "pooler_output": ("float32", [64])},
         overrides={"model.task": "embedding"},
     )
@@ -330,7 +341,7 @@ def minilm_sentence_embedding(
         calibration_path=_save_npz(folder / "calibration.npz", calib),
         eval_path=_save_npz(folder / "eval.npz", evaluation),
         module=module,
-        inputs={"input_ids": ("int64", [-1]), "attention_mask": ("int64", [-1])},
+        inputs=TEXT_INPUTS,
         outputs={"sentence_embedding": ("float32", [384])},
         overrides={"model.task": "embedding"},
     )
@@ -366,19 +377,10 @@ def bert_torchscript(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooM
     """The BERT-style encoder as Hugging Face's TorchScript recipe makes it: ``BertConfig(torchscript=True)``
     traced with ``torch.jit.trace(..., strict=False)``: positional ``input_ids`` and ``attention_mask``
     (their names given in ``model.inputs``), the ``ModelOutput`` traced as a dict."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=2000,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=128,
-        torchscript=True,
-    )
-    module = BertModel(config).eval()
+    module = BertModel(tiny_bert_config(torchscript=True)).eval()
     calib, evaluation = token_data(n_calib, SEQ, 2000, 1), token_data(n_eval, SEQ, 2000, 2)
     example = tuple(torch.from_numpy(calib[k][:2]) for k in ("input_ids", "attention_mask"))
     path = folder / "bert.pt"
@@ -390,7 +392,7 @@ def bert_torchscript(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooM
         calibration_path=_save_npz(folder / "calibration.npz", calib),
         eval_path=_save_npz(folder / "eval.npz", evaluation),
         module=module,
-        inputs={"input_ids": ("int64", [-1]), "attention_mask": ("int64", [-1])},
+        inputs=TEXT_INPUTS,
         outputs={"last_hidden_state": ("float32", [-1, 64]), "pooler_output": ("float32", [64])},
         overrides={
             "model.task": "embedding",
@@ -432,7 +434,7 @@ def gpt2_lm(folder: Path, n_calib: int = 100, n_eval: int = 64) -> ZooModel:
         calibration_path=_save_npz(folder / "calibration.npz", calib),
         eval_path=_save_npz(folder / "eval.npz", evaluation),
         module=module,
-        inputs={"input_ids": ("int64", [-1]), "attention_mask": ("int64", [-1])},
+        inputs=TEXT_INPUTS,
         outputs={"logits": ("float32", [-1, 2000])},
     )
 
